@@ -1,0 +1,123 @@
+//! Watching a worker group and tearing it down (shared/spec/torchrun.md §3.1–3.2,
+//! §3.8): poll every `--monitor-interval`; on the first failure or a handled signal,
+//! send the closing signal to every worker's process group, wait one shared grace
+//! period (`--term-timeout`), SIGKILL survivors, and wait a bounded time for them.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use super::config::signal_name;
+use super::spawn::Worker;
+use super::tlog::{self, src};
+
+/// How a monitored group ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every worker exited 0.
+    Succeeded,
+    /// At least one worker exited non-zero (or died by a signal).
+    Failed,
+    /// rrun received this handled signal.
+    Signaled(i32),
+}
+
+/// Polls until all workers succeed, one fails, or a handled signal arrives.
+pub fn monitor(workers: &mut [Worker], signals: &Receiver<i32>, interval: Duration) -> Outcome {
+    loop {
+        match signals.recv_timeout(interval) {
+            Ok(sig) => return Outcome::Signaled(sig),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(interval),
+        }
+        let mut running = false;
+        let mut failed = false;
+        for w in workers.iter_mut() {
+            match w.poll() {
+                None => running = true,
+                Some(0) => {}
+                Some(_) => failed = true,
+            }
+        }
+        if failed {
+            return Outcome::Failed;
+        }
+        if !running {
+            return Outcome::Succeeded;
+        }
+    }
+}
+
+fn all_exited(workers: &mut [Worker]) -> bool {
+    workers
+        .iter_mut()
+        .fold(true, |acc, w| w.poll().is_some() && acc)
+}
+
+fn wait_until(workers: &mut [Worker], deadline: Instant, signals: &Receiver<i32>) -> bool {
+    loop {
+        if all_exited(workers) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        // A second handled signal (say, another Ctrl-C) skips the grace period.
+        if signals.try_recv().is_ok() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends `sig` to every running worker's group, waits up to `grace` in total, then
+/// SIGKILLs survivors and waits at most 5 s more. Never blocks forever: a worker
+/// stuck in the kernel is reported and left behind.
+pub fn shut_down(workers: &mut [Worker], sig: i32, grace: Duration, signals: &Receiver<i32>) {
+    for w in workers.iter_mut() {
+        if w.poll().is_none() {
+            tlog::log(
+                'W',
+                src::CLOSING,
+                &format!(
+                    "Sending process {} closing signal {}",
+                    w.pid,
+                    signal_name(sig)
+                ),
+            );
+            w.terminated_by_agent = true;
+            w.signal_group(sig);
+        }
+    }
+    if !wait_until(workers, Instant::now() + grace, signals) {
+        for w in workers.iter_mut() {
+            if w.poll().is_none() {
+                tlog::log(
+                    'W',
+                    src::FORCE_KILL,
+                    &format!(
+                        "Unable to shutdown process {} via {sig}, forcefully exiting via 9",
+                        w.pid
+                    ),
+                );
+                w.signal_group(libc::SIGKILL);
+            }
+        }
+        let (tx, never) = std::sync::mpsc::channel::<i32>();
+        let _keep = tx;
+        if !wait_until(workers, Instant::now() + Duration::from_secs(5), &never) {
+            for w in workers.iter_mut().filter(|w| w.exit.is_none()) {
+                eprintln!(
+                    "rrun: worker pid {} (local rank {}) did not exit 5 s after SIGKILL (stuck in the kernel?); not waiting for it",
+                    w.pid, w.local_rank
+                );
+            }
+        }
+    }
+    // Grandchildren left in exited workers' groups go too.
+    for w in workers.iter().filter(|w| w.exit.is_some()) {
+        w.signal_group(libc::SIGKILL);
+    }
+    for w in workers.iter_mut() {
+        w.join_output(Duration::from_secs(2));
+    }
+}

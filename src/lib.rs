@@ -1,0 +1,9 @@
+//! rrun: a drop-in `torchrun` in Rust, and (later) `rrank`, the rank process of a
+//! tensor/pipeline-parallel LLM server. The map of the crate is shared/DESIGN.md.
+//!
+//! - [`store`]: PyTorch's TCPStore protocol — codec, server, blocking client.
+//! - [`launch`]: the rrun agent — CLI, rendezvous, worker env, spawn, supervision,
+//!   logs and the failure summary.
+
+pub mod launch;
+pub mod store;

@@ -1,0 +1,201 @@
+//! The TCPStore server that rrun hosts for its workers (and rrank for its ranks).
+//!
+//! It owns the listening socket and one background thread running a single-threaded
+//! tokio runtime, with one task per connection. A connection must open with VALIDATE
+//! and the right magic; a bad frame (unknown command, oversize key or value, too many
+//! keys, a non-numeric ADD target) closes that connection only, dropping its WAIT.
+//! Slow or idle clients never block others. The server lives until the handle drops.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{self, Request};
+use super::state::{ConnId, Reply, State};
+
+/// A running store server. Dropping it stops the server.
+pub struct StoreServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Binds `[::]:port` (dual stack), falling back to `0.0.0.0:port`, as torch does.
+/// Port 0 picks an ephemeral port.
+pub fn bind_any(port: u16) -> io::Result<TcpListener> {
+    match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(e),
+        Err(_) => TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)),
+    }
+}
+
+impl StoreServer {
+    /// Binds and starts serving. The error is the bind error (e.g. `AddrInUse`).
+    pub fn start(port: u16) -> io::Result<StoreServer> {
+        Self::serve(bind_any(port)?)
+    }
+
+    /// Serves on an already-bound listener.
+    pub fn serve(listener: TcpListener) -> io::Result<StoreServer> {
+        raise_fd_limit();
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let st = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("rrun-store".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("rrun: store server failed to start: {e}");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        _ = accept_loop(listener, st) => {}
+                        _ = stop_rx => {}
+                    }
+                })
+            })?;
+        Ok(StoreServer {
+            addr,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Number of keys currently stored (for diagnostics and tests).
+    pub fn num_keys(&self) -> usize {
+        self.state.lock().unwrap().num_keys()
+    }
+}
+
+impl Drop for StoreServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Lifts the soft open-files limit to the hard one, so a thousand idle clients
+/// cannot exhaust the default 1024 descriptors.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
+    let mut next: ConnId = 0;
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                next += 1;
+                let id = next;
+                let st = state.clone();
+                tokio::spawn(async move {
+                    if let Err(why) = serve_conn(sock, id, &st).await {
+                        eprintln!("rrun: store: closed connection from {peer}: {why}");
+                    }
+                    st.lock().unwrap().forget(id);
+                });
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off, keep serving the others.
+                eprintln!("rrun: store: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection until EOF (`Ok`) or a protocol violation (`Err(reason)`).
+async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result<(), String> {
+    let (mut rd, mut wr) = sock.into_split();
+    let (outbox, mut inbox) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut validated = false;
+    loop {
+        tokio::select! {
+            n = rd.read(&mut chunk) => {
+                let n = n.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let mut out = Vec::new();
+                let mut used = 0;
+                let result = loop {
+                    match codec::decode(&buf[used..]) {
+                        Ok(None) => break Ok(()),
+                        Err(e) => break Err(e.to_string()),
+                        Ok(Some((req, n))) => {
+                            used += n;
+                            if !validated {
+                                if req != Request::Validate(codec::MAGIC) {
+                                    break Err("first command is not VALIDATE with the right magic".into());
+                                }
+                                validated = true;
+                                continue;
+                            }
+                            let reply = state.lock().unwrap().apply(id, req, &outbox);
+                            // Replies stay in request order: wake-ups queued before
+                            // this request was applied go out before its reply.
+                            while let Ok(b) = inbox.try_recv() {
+                                out.extend_from_slice(&b);
+                            }
+                            match reply {
+                                Err(e) => break Err(format!("error processing client message: {e}")),
+                                Ok(Reply::Bytes(b)) => out.extend_from_slice(&b),
+                                Ok(Reply::None | Reply::Pending) => {}
+                                Ok(Reply::Canceled) => out.push(codec::WAIT_CANCELED),
+                            }
+                        }
+                    }
+                };
+                buf.drain(..used);
+                if !out.is_empty() {
+                    wr.write_all(&out).await.map_err(|e| e.to_string())?;
+                }
+                result?;
+            }
+            Some(b) = inbox.recv() => {
+                wr.write_all(&b).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
