@@ -1,0 +1,159 @@
+//! Malformed and hostile traffic against rrun's store server: each bad client is
+//! dropped alone; the server stays up and keeps serving everyone else.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use rrun::store::{Client, StoreServer};
+
+use crate::util::{closed, ping, raw};
+
+fn server() -> (StoreServer, u16) {
+    let s = StoreServer::start(0).unwrap();
+    let p = s.port();
+    (s, p)
+}
+
+fn client(port: u16) -> Client {
+    Client::connect("127.0.0.1", port, Duration::from_secs(5), &mut |_| {}).unwrap()
+}
+
+#[test]
+fn bad_magic_unknown_command_oversize_key_are_dropped_alone() {
+    let (_s, port) = server();
+    let mut good = client(port);
+    good.set("k", b"v").unwrap();
+
+    let mut bad_magic = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    bad_magic
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    bad_magic
+        .write_all(&[0, 1, 2, 3, 4, 13, 1, 0, 0, 0])
+        .unwrap();
+    assert!(closed(&mut bad_magic), "wrong magic closes the connection");
+
+    let mut no_validate = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    no_validate
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    no_validate.write_all(&[13, 7, 0, 0, 0]).unwrap();
+    assert!(
+        closed(&mut no_validate),
+        "a first command other than VALIDATE closes"
+    );
+
+    let mut unknown = raw(port);
+    unknown.write_all(&[99]).unwrap();
+    assert!(closed(&mut unknown), "command byte 99 closes");
+
+    let mut big = raw(port);
+    let mut m = vec![1u8];
+    m.extend_from_slice(&8193u64.to_le_bytes());
+    big.write_all(&m).unwrap();
+    assert!(
+        closed(&mut big),
+        "an 8193-byte key closes before its body arrives"
+    );
+
+    let mut ok_key = raw(port);
+    let mut m = vec![1u8];
+    m.extend_from_slice(&8192u64.to_le_bytes());
+    m.extend(std::iter::repeat_n(b'a', 8192));
+    m.extend_from_slice(&1u64.to_le_bytes());
+    m.push(b'x');
+    ok_key.write_all(&m).unwrap();
+    assert!(ping(&mut ok_key, 5), "an 8192-byte key is accepted");
+
+    let mut not_number = raw(port);
+    good.set("nan", b"abc").unwrap();
+    assert_eq!(good.get("nan").unwrap(), b"abc");
+    let mut m = vec![4u8];
+    m.extend_from_slice(&4u64.to_le_bytes());
+    m.extend_from_slice(b"/nan");
+    m.extend_from_slice(&1i64.to_le_bytes());
+    not_number.write_all(&m).unwrap();
+    assert!(
+        closed(&mut not_number),
+        "ADD on a non-number closes, as torch's server does"
+    );
+
+    assert_eq!(good.get("k").unwrap(), b"v");
+    assert!(good.ping(77).unwrap());
+}
+
+#[test]
+fn truncated_frames_and_a_thousand_idle_connections_block_nobody() {
+    let (_s, port) = server();
+    // Half a SET frame, never finished.
+    let mut half = raw(port);
+    half.write_all(&[1, 10, 0, 0, 0, 0, 0, 0, 0, b'/', b'a'])
+        .unwrap();
+    // A frame announcing a huge (allowed) value that never arrives.
+    let mut slow = raw(port);
+    let mut m = vec![1u8];
+    m.extend_from_slice(&2u64.to_le_bytes());
+    m.extend_from_slice(b"/s");
+    m.extend_from_slice(&(8u64 * 1024 * 1024).to_le_bytes());
+    slow.write_all(&m).unwrap();
+
+    let idle: Vec<TcpStream> = (0..1000)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let t = Instant::now();
+    let mut good = client(port);
+    for i in 0..100 {
+        good.set(&format!("k{i}"), b"v").unwrap();
+        assert_eq!(good.get(&format!("k{i}")).unwrap(), b"v");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "good client was slowed: {:?}",
+        t.elapsed()
+    );
+    // The half frame completes later and is applied.
+    half.write_all(&[
+        b'b', b'c', b'd', b'e', b'f', b'g', b'h', b'i', 1, 0, 0, 0, 0, 0, 0, 0, b'z',
+    ])
+    .unwrap();
+    assert_eq!(good.get("abcdefghi").unwrap(), b"z");
+    drop(idle);
+    assert!(ping(&mut half, 9));
+}
+
+#[test]
+fn wait_timeout_cancels_and_a_raced_wakeup_is_ordered() {
+    let (_s, port) = server();
+    let mut a = client(port);
+    let t = Instant::now();
+    let err = a.wait(&["never"], Duration::from_millis(200)).unwrap_err();
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    assert_eq!(err.to_string(), "wait timeout after 200ms, keys: /never");
+    // The connection is still usable after the CANCEL_WAIT exchange.
+    a.set("x", b"1").unwrap();
+    assert_eq!(a.get("x").unwrap(), b"1");
+
+    // Raw: WAIT on a key, have another client set it, then CANCEL_WAIT: the
+    // STOP_WAITING (00) must come before WAIT_CANCELED (01).
+    let mut r = raw(port);
+    let mut m = vec![6u8];
+    m.extend_from_slice(&1u64.to_le_bytes());
+    m.extend_from_slice(&2u64.to_le_bytes());
+    m.extend_from_slice(b"/w");
+    r.write_all(&m).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    a.set("w", b"1").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    r.write_all(&[12]).unwrap();
+    let mut b = [0u8; 2];
+    std::io::Read::read_exact(&mut r, &mut b).unwrap();
+    assert_eq!(b, [0, 1]);
+}
+
+#[test]
+fn port_in_use_is_reported() {
+    let (_s, port) = server();
+    let err = StoreServer::start(port).err().expect("second bind fails");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+}
