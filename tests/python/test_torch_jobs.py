@@ -1,0 +1,29 @@
+"""Real PyTorch programs under rrun: gloo collectives with 4 ranks, and 2-node
+static jobs formed by rrun agents alone and by rrun and torchrun agents together."""
+import pytest
+
+from conftest import free_port, launch, popen, worker
+
+
+def oks(text):
+    return sorted(line.split("OK rank ")[1].split()[0] for line in text.splitlines() if "OK rank " in line)
+
+
+def test_gloo_four_ranks():
+    p = launch("rrun", ["--nproc-per-node", 4, "--master-port", free_port(), worker("gloo_ops.py")], timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert oks(p.stdout) == ["0/4", "1/4", "2/4", "3/4"]
+
+
+@pytest.mark.parametrize("node0,node1", [("rrun", "rrun"), ("rrun", "torchrun"), ("torchrun", "rrun")])
+def test_two_node_static_job(node0, node1):
+    port = free_port()
+    common = ["--nnodes", 2, "--nproc-per-node", 2, "--master-port", port]
+    # Node 1 starts first: it must wait for node 0's store.
+    p1 = popen(node1, [*common, "--node-rank", 1, worker("gloo_ops.py")])
+    p0 = popen(node0, [*common, "--node-rank", 0, worker("gloo_ops.py")])
+    out0, err0 = p0.communicate(timeout=300)
+    out1, err1 = p1.communicate(timeout=300)
+    assert p0.returncode == 0, err0
+    assert p1.returncode == 0, err1
+    assert oks(out0 + out1) == ["0/4", "1/4", "2/4", "3/4"]
