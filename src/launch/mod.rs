@@ -99,22 +99,17 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
             match spawned {
                 Ok(w) => workers.push(w),
                 Err(e) => {
-                    supervise::shut_down(
-                        &mut workers,
-                        libc::SIGTERM,
-                        cfg.term_timeout,
-                        &signals.rx,
-                    );
+                    supervise::shut_down(&mut workers, libc::SIGTERM, cfg.term_timeout, &signals);
                     return Err(LaunchError::Setup(e));
                 }
             }
         }
-        match supervise::monitor(&mut workers, &signals.rx, cfg.monitor_interval) {
+        match supervise::monitor(&mut workers, &signals, cfg.monitor_interval) {
             Outcome::Succeeded => {
                 for w in workers.iter_mut() {
                     w.join_output(std::time::Duration::from_secs(2));
                 }
-                rdzv.exit_barrier(&|| signals.rx.try_recv().is_ok());
+                rdzv.exit_barrier(&|| signals.pending_signal().is_some());
                 return Ok(0);
             }
             Outcome::Signaled(sig) => {
@@ -123,7 +118,7 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
                     tlog::src::DEATH_SIGNAL,
                     &format!("Received {sig} death signal, shutting down workers"),
                 );
-                supervise::shut_down(&mut workers, sig, cfg.term_timeout, &signals.rx);
+                supervise::shut_down(&mut workers, sig, cfg.term_timeout, &signals);
                 eprintln!(
                     "rrun: SignalException: Process {} got signal: {sig} ({}); workers were shut down, exiting with 1 as torchrun does",
                     std::process::id(),
@@ -132,7 +127,7 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
                 return Ok(1);
             }
             Outcome::Failed => {
-                supervise::shut_down(&mut workers, libc::SIGTERM, cfg.term_timeout, &signals.rx);
+                supervise::shut_down(&mut workers, libc::SIGTERM, cfg.term_timeout, &signals);
                 let failures = summary::collect(&workers);
                 let root = summary::root_cause(&failures);
                 let rf = &failures[root];

@@ -2,7 +2,7 @@
 //! c10d/standalone, `host` in the failure summary), whether an address is this
 //! machine, and which process holds a listening port (for the port-in-use error).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::net::{IpAddr, TcpListener, ToSocketAddrs};
 
 /// This machine's hostname.
@@ -116,11 +116,6 @@ pub fn port_holder(port: u16) -> Option<(u32, String)> {
         }
     }
     None
-}
-
-/// A C string for libc calls (panics only on interior NULs, which callers exclude).
-pub fn cstring(s: &str) -> CString {
-    CString::new(s).expect("no NUL in string")
 }
 
 #[cfg(test)]

@@ -1,28 +1,42 @@
 //! Signal handling from the first instruction on (torchrun only installs its
 //! handlers after rendezvous, so Ctrl-C on a waiting node 0 does nothing for up to
 //! 15 minutes). Before workers exist a handled signal ends rrun at once with
-//! 128+n; afterwards it is queued for the supervisor, which forwards it.
+//! 128+n; afterwards it is queued for the supervisor, which forwards it. SIGCHLD
+//! wakes the supervisor, so an exit is seen at once rather than at the next poll.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::Duration;
 
+use signal_hook::consts::SIGCHLD;
 use signal_hook::iterator::Signals;
 
 use super::config::signal_name;
 
-/// Handled signals, delivered in order of arrival.
+/// What the supervisor is woken by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A handled signal (its number).
+    Signal(i32),
+    /// Some child changed state.
+    ChildExited,
+    /// Nothing happened within the timeout.
+    Timeout,
+}
+
+/// Handled signals and child exits, delivered in order of arrival.
 pub struct SignalQueue {
-    pub rx: Receiver<i32>,
+    rx: Receiver<i32>,
     workers_started: Arc<AtomicBool>,
 }
 
 impl SignalQueue {
-    /// Installs handlers for `signals`. Returns the queue and warnings for signals
-    /// that cannot be handled (SIGKILL, SIGSTOP…).
+    /// Installs handlers for `signals` (and SIGCHLD). Returns the queue and warnings
+    /// for signals that cannot be handled (SIGKILL, SIGSTOP…).
     pub fn install(signals: &[i32]) -> (SignalQueue, Vec<String>) {
         let mut warnings = Vec::new();
-        let ok: Vec<i32> = signals
+        let mut ok: Vec<i32> = signals
             .iter()
             .copied()
             .filter(|s| {
@@ -33,9 +47,10 @@ impl SignalQueue {
                         signal_name(*s)
                     ));
                 }
-                !forbidden
+                !forbidden && *s != SIGCHLD
             })
             .collect();
+        ok.push(SIGCHLD);
         let (tx, rx) = channel();
         let started = Arc::new(AtomicBool::new(false));
         let flag = started.clone();
@@ -45,7 +60,11 @@ impl SignalQueue {
                     .name("rrun-signals".into())
                     .spawn(move || {
                         for s in sigs.forever() {
-                            if !flag.load(Ordering::SeqCst) {
+                            let running = flag.load(Ordering::SeqCst);
+                            if s == SIGCHLD && !running {
+                                continue;
+                            }
+                            if !running {
                                 eprintln!(
                                     "rrun: received {} before any worker started; exiting",
                                     signal_name(s)
@@ -75,5 +94,28 @@ impl SignalQueue {
     /// From now on signals are queued for the supervisor instead of ending rrun.
     pub fn workers_starting(&self) {
         self.workers_started.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits up to `timeout` for the next event.
+    pub fn next(&self, timeout: Duration) -> Event {
+        match self.rx.recv_timeout(timeout) {
+            Ok(SIGCHLD) => Event::ChildExited,
+            Ok(s) => Event::Signal(s),
+            Err(RecvTimeoutError::Timeout) => Event::Timeout,
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(timeout);
+                Event::Timeout
+            }
+        }
+    }
+
+    /// A handled signal that arrived since the last call, if any (child exits are skipped).
+    pub fn pending_signal(&self) -> Option<i32> {
+        while let Ok(s) = self.rx.try_recv() {
+            if s != SIGCHLD {
+                return Some(s);
+            }
+        }
+        None
     }
 }

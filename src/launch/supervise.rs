@@ -3,10 +3,10 @@
 //! send the closing signal to every worker's process group, wait one shared grace
 //! period (`--term-timeout`), SIGKILL survivors, and wait a bounded time for them.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::config::signal_name;
+use super::signals::{Event, SignalQueue};
 use super::spawn::Worker;
 use super::tlog::{self, src};
 
@@ -22,13 +22,9 @@ pub enum Outcome {
 }
 
 /// Polls until all workers succeed, one fails, or a handled signal arrives.
-pub fn monitor(workers: &mut [Worker], signals: &Receiver<i32>, interval: Duration) -> Outcome {
+/// Child exits wake it at once (SIGCHLD); the interval bounds the wait otherwise.
+pub fn monitor(workers: &mut [Worker], signals: &SignalQueue, interval: Duration) -> Outcome {
     loop {
-        match signals.recv_timeout(interval) {
-            Ok(sig) => return Outcome::Signaled(sig),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(interval),
-        }
         let mut running = false;
         let mut failed = false;
         for w in workers.iter_mut() {
@@ -44,16 +40,22 @@ pub fn monitor(workers: &mut [Worker], signals: &Receiver<i32>, interval: Durati
         if !running {
             return Outcome::Succeeded;
         }
+        if let Event::Signal(sig) = signals.next(interval) {
+            return Outcome::Signaled(sig);
+        }
     }
 }
 
+/// Polls every worker (no short-circuit: each poll records an exit).
 fn all_exited(workers: &mut [Worker]) -> bool {
-    workers
-        .iter_mut()
-        .fold(true, |acc, w| w.poll().is_some() && acc)
+    let mut done = true;
+    for w in workers.iter_mut() {
+        done &= w.poll().is_some();
+    }
+    done
 }
 
-fn wait_until(workers: &mut [Worker], deadline: Instant, signals: &Receiver<i32>) -> bool {
+fn wait_until(workers: &mut [Worker], deadline: Instant, signals: Option<&SignalQueue>) -> bool {
     loop {
         if all_exited(workers) {
             return true;
@@ -62,17 +64,17 @@ fn wait_until(workers: &mut [Worker], deadline: Instant, signals: &Receiver<i32>
             return false;
         }
         // A second handled signal (say, another Ctrl-C) skips the grace period.
-        if signals.try_recv().is_ok() {
+        if signals.and_then(SignalQueue::pending_signal).is_some() {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 /// Sends `sig` to every running worker's group, waits up to `grace` in total, then
 /// SIGKILLs survivors and waits at most 5 s more. Never blocks forever: a worker
 /// stuck in the kernel is reported and left behind.
-pub fn shut_down(workers: &mut [Worker], sig: i32, grace: Duration, signals: &Receiver<i32>) {
+pub fn shut_down(workers: &mut [Worker], sig: i32, grace: Duration, signals: &SignalQueue) {
     for w in workers.iter_mut() {
         if w.poll().is_none() {
             tlog::log(
@@ -88,7 +90,7 @@ pub fn shut_down(workers: &mut [Worker], sig: i32, grace: Duration, signals: &Re
             w.signal_group(sig);
         }
     }
-    if !wait_until(workers, Instant::now() + grace, signals) {
+    if !wait_until(workers, Instant::now() + grace, Some(signals)) {
         for w in workers.iter_mut() {
             if w.poll().is_none() {
                 tlog::log(
@@ -102,9 +104,7 @@ pub fn shut_down(workers: &mut [Worker], sig: i32, grace: Duration, signals: &Re
                 w.signal_group(libc::SIGKILL);
             }
         }
-        let (tx, never) = std::sync::mpsc::channel::<i32>();
-        let _keep = tx;
-        if !wait_until(workers, Instant::now() + Duration::from_secs(5), &never) {
+        if !wait_until(workers, Instant::now() + Duration::from_secs(5), None) {
             for w in workers.iter_mut().filter(|w| w.exit.is_none()) {
                 eprintln!(
                     "rrun: worker pid {} (local rank {}) did not exit 5 s after SIGKILL (stuck in the kernel?); not waiting for it",

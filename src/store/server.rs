@@ -11,7 +11,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsRawFd;
+
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -142,22 +144,64 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>
     }
 }
 
+/// Reads what is available into `buf`. Returns false at EOF. A short read marks the
+/// socket drained, which saves the extra `read` → EAGAIN that would otherwise
+/// precede every wait for the next request.
+async fn read_some(sock: &TcpStream, chunk: &mut [u8], buf: &mut Vec<u8>) -> io::Result<bool> {
+    loop {
+        sock.readable().await?;
+        let fd = sock.as_raw_fd();
+        let mut got = None;
+        let r = sock.try_io(Interest::READABLE, || {
+            // SAFETY: fd is the open socket; chunk is writable for its length.
+            let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            got = Some(n as usize);
+            if n > 0 && (n as usize) < chunk.len() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match (r, got) {
+            (Err(e), _) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            (_, Some(0)) => return Ok(false),
+            (_, Some(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(true);
+            }
+            (_, None) => continue, // spurious readiness
+        }
+    }
+}
+
+/// Writes all of `b`, waiting for writability only when the socket buffer is full.
+async fn write_all(sock: &TcpStream, mut b: &[u8]) -> io::Result<()> {
+    while !b.is_empty() {
+        match sock.try_write(b) {
+            Ok(n) => b = &b[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Serves one connection until EOF (`Ok`) or a protocol violation (`Err(reason)`).
 async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result<(), String> {
-    let (mut rd, mut wr) = sock.into_split();
     let (outbox, mut inbox) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut out = Vec::new();
     let mut validated = false;
     loop {
         tokio::select! {
-            n = rd.read(&mut chunk) => {
-                let n = n.map_err(|e| e.to_string())?;
-                if n == 0 {
+            more = read_some(&sock, &mut chunk, &mut buf) => {
+                if !more.map_err(|e| e.to_string())? {
                     return Ok(());
                 }
-                buf.extend_from_slice(&chunk[..n]);
-                let mut out = Vec::new();
+                out.clear();
                 let mut used = 0;
                 let result = loop {
                     match codec::decode(&buf[used..]) {
@@ -189,12 +233,12 @@ async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result
                 };
                 buf.drain(..used);
                 if !out.is_empty() {
-                    wr.write_all(&out).await.map_err(|e| e.to_string())?;
+                    write_all(&sock, &out).await.map_err(|e| e.to_string())?;
                 }
                 result?;
             }
             Some(b) = inbox.recv() => {
-                wr.write_all(&b).await.map_err(|e| e.to_string())?;
+                write_all(&sock, &b).await.map_err(|e| e.to_string())?;
             }
         }
     }

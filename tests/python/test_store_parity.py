@@ -17,6 +17,6 @@ def test_every_operation_matches_torch():
     assert ours == theirs
     # And the semantics themselves, as the spec records them.
     assert ours["cs3"] == "second" and ours["cs_missing"] == "exp" and ours["check_missing"] is False
-    assert ours["qpop_empty"].startswith("DistQueueEmptyError")
+    assert ours["qpop_empty"] == "QueueEmptyError: queue is empty"
     assert ours["wait_timeout"].startswith("DistStoreError: wait timeout after 300ms")
     assert "none/torchelastic/assigned_ranks/0" in ours["list_keys"]

@@ -1,12 +1,16 @@
 """Real PyTorch programs under rrun: gloo collectives with 4 ranks, and 2-node
 static jobs formed by rrun agents alone and by rrun and torchrun agents together."""
+import re
+
 import pytest
 
 from conftest import free_port, launch, popen, worker
 
 
 def oks(text):
-    return sorted(line.split("OK rank ")[1].split()[0] for line in text.splitlines() if "OK rank " in line)
+    # Untee'd workers share one pipe and print() writes text and newline separately,
+    # so lines of different ranks may run together.
+    return sorted(re.findall(r"OK rank (\d+/\d+)", text))
 
 
 def test_gloo_four_ranks():
