@@ -6,4 +6,5 @@
 //!   logs and the failure summary.
 
 pub mod launch;
+pub mod rank;
 pub mod store;

@@ -1,0 +1,127 @@
+//! rrank's command line: vLLM's engine flag names (`--tensor-parallel-size/-tp`,
+//! `--pipeline-parallel-size/-pp`, `--max-model-len`, `--block-size`, `--seed`, …) and
+//! the offline `generate` subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The rank process of a tensor/pipeline-parallel Llama-family server. Start one per
+/// device under rrun (or torchrun): `rrun --nproc-per-node 2 rrank generate --model M -pp 2 --prompt "…"`.
+#[derive(Debug, Parser)]
+#[command(name = "rrank", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text for one prompt offline (no HTTP), on any TP × PP placement.
+    Generate(GenerateArgs),
+}
+
+/// Flags shared by every mode.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Hugging Face model directory: config.json, *.safetensors, tokenizer.json.
+    #[arg(long, global = true)]
+    pub model: Option<PathBuf>,
+    /// Ranks per layer (tensor parallelism); `-tp` works too.
+    #[arg(long = "tensor-parallel-size", global = true, default_value_t = 1)]
+    pub tensor_parallel_size: usize,
+    /// Pipeline stages (contiguous layer ranges); `-pp` works too.
+    #[arg(long = "pipeline-parallel-size", global = true, default_value_t = 1)]
+    pub pipeline_parallel_size: usize,
+    /// Longest prompt + output in tokens (default: the model's max_position_embeddings, at most 4096 on CPU).
+    #[arg(long = "max-model-len", global = true)]
+    pub max_model_len: Option<usize>,
+    /// Tokens per KV-cache block.
+    #[arg(long = "block-size", global = true, default_value_t = 16)]
+    pub block_size: usize,
+    /// Compute device: cpu (f32 reference backend).
+    #[arg(long, global = true, default_value = "cpu", value_parser = ["cpu"])]
+    pub device: String,
+    /// Worker threads per rank for matrix products (default: CPUs / local ranks).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+}
+
+/// `rrank generate`.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// The prompt (chat template applied unless --raw).
+    #[arg(long, conflicts_with = "prompt_ids")]
+    pub prompt: Option<String>,
+    /// The prompt as comma-separated token ids (no tokenizer involved).
+    #[arg(long = "prompt-ids", value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Tokenize the prompt as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Tokens to generate.
+    #[arg(long = "max-tokens", default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long = "top-p", default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long = "top-k", default_value_t = 0)]
+    pub top_k: i64,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep generating after an end-of-sequence token.
+    #[arg(long = "ignore-eos")]
+    pub ignore_eos: bool,
+    /// Write prompt ids, prompt logits (every position) and generated ids as JSON to this file.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+}
+
+/// vLLM spells two flags with a two-letter single dash (`-tp 2`, `-pp=2`); clap takes
+/// one-letter shorts only, so they are rewritten to their long names first.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .map(|a| {
+            for (short, long) in [
+                ("-tp", "--tensor-parallel-size"),
+                ("-pp", "--pipeline-parallel-size"),
+            ] {
+                if a == short {
+                    return long.to_string();
+                }
+                if let Some(v) = a.strip_prefix(&format!("{short}=")) {
+                    return format!("{long}={v}");
+                }
+            }
+            a
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_letter_shorts() {
+        let a = normalize_args(
+            ["rrank", "generate", "-tp", "2", "-pp=3", "--model", "m"].map(String::from),
+        );
+        let c = Cli::try_parse_from(a).unwrap();
+        assert_eq!(
+            (
+                c.engine.tensor_parallel_size,
+                c.engine.pipeline_parallel_size
+            ),
+            (2, 3)
+        );
+        assert!(matches!(c.command, Some(Command::Generate(_))));
+    }
+}

@@ -1,0 +1,200 @@
+//! `rrank generate`: validate, connect the ranks, load this rank's shard, and run
+//! prefill + decode for one prompt in lockstep on every rank. The sampling rank (TP
+//! rank 0 of the last stage) broadcasts each token; rank 0 prints the text.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::RankError;
+use super::cli::{EngineArgs, GenerateArgs};
+use super::engine::sampler::{Rng, SamplingParams, sample};
+use super::kv::{BlockTable, KvCache};
+use super::model::llama::{RankModel, SeqChunk};
+use super::startup::{self, Startup};
+
+fn io_err(e: std::io::Error) -> RankError {
+    RankError::Runtime(format!("communication failed: {e}"))
+}
+
+/// Runs `rrank generate`.
+pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
+    let s: Startup = startup::prepare(engine, args.prompt.is_some())?;
+    let Startup {
+        env,
+        place,
+        cfg,
+        codec,
+        mut comm,
+        ..
+    } = s;
+    // Prompt ids: given, or tokenized (chat template unless --raw).
+    let prompt: Vec<u32> = match (&args.prompt_ids, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => {
+            let codec = codec.as_ref().expect("loaded for a text prompt");
+            if !args.raw && codec.has_chat_template() {
+                let rendered = codec
+                    .apply_chat_template(&json!([{"role": "user", "content": text}]))
+                    .map_err(RankError::Invalid)?;
+                codec.encode(&rendered, false).map_err(RankError::Invalid)?
+            } else {
+                codec.encode(text, true).map_err(RankError::Invalid)?
+            }
+        }
+        (None, None) => {
+            return Err(RankError::Invalid(
+                "give --prompt TEXT or --prompt-ids 1,2,3".into(),
+            ));
+        }
+    };
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+        return Err(RankError::Invalid(format!(
+            "prompt token id {bad} is outside the vocabulary (size {})",
+            cfg.vocab_size
+        )));
+    }
+    let max_len = startup::max_model_len(engine, &cfg);
+    if prompt.len() + args.max_tokens > max_len {
+        return Err(RankError::Invalid(format!(
+            "prompt ({} tokens) + --max-tokens ({}) = {} exceeds --max-model-len ({max_len})",
+            prompt.len(),
+            args.max_tokens,
+            prompt.len() + args.max_tokens
+        )));
+    }
+
+    let t_load = Instant::now();
+    let model: RankModel = startup::load_model(engine, &cfg, place, env.local_world_size)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let blocks = (prompt.len() + args.max_tokens).div_ceil(engine.block_size) + 1;
+    let mut kv = KvCache::new(
+        model.num_local_layers(),
+        blocks,
+        engine.block_size,
+        model.kv_heads(),
+        cfg.head_dim,
+    );
+    let mut table = BlockTable::default();
+    kv.reserve(&mut table, prompt.len() + args.max_tokens);
+
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        min_p: 0.0,
+    };
+    let mut rng = Rng::new(args.seed);
+    let world: Vec<usize> = (0..env.world_size).collect();
+    let sampler_rank = place.sampler();
+    let mut out: Vec<u32> = Vec::new();
+    let mut prompt_logits: Option<Vec<f32>> = None;
+    let mut printed = String::new();
+    let t0 = Instant::now();
+    let mut t_first = 0.0;
+    let mut pos = 0;
+    let mut step_tokens = prompt.clone();
+    while out.len() < args.max_tokens {
+        let chunk = SeqChunk {
+            tokens: &step_tokens,
+            start: pos,
+            table: &table,
+            all_logits: pos == 0 && args.dump.is_some(),
+        };
+        let logits = model
+            .forward(comm.as_mut(), &mut kv, &[chunk])
+            .map_err(io_err)?;
+        pos += step_tokens.len();
+        let mut tok_bytes = Vec::new();
+        if env.rank == sampler_rank {
+            let logits = logits.expect("the sampling rank is on the last stage");
+            let v = cfg.vocab_size;
+            let last = &logits[logits.len() - v..];
+            let t = sample(last, &params, &mut rng);
+            tok_bytes = t.to_le_bytes().to_vec();
+            if prompt_logits.is_none() && args.dump.is_some() {
+                prompt_logits = Some(logits);
+            }
+        }
+        let b = comm
+            .broadcast(&world, sampler_rank, tok_bytes)
+            .map_err(io_err)?;
+        let tok = u32::from_le_bytes(
+            b[..4]
+                .try_into()
+                .map_err(|_| RankError::Runtime("bad token message".into()))?,
+        );
+        if out.is_empty() {
+            t_first = t0.elapsed().as_secs_f64();
+        }
+        out.push(tok);
+        if env.rank == 0
+            && let Some(c) = &codec
+        {
+            let text = c.decode(&out);
+            if text.len() > printed.len() && text.starts_with(&printed) {
+                print!("{}", &text[printed.len()..]);
+                let _ = std::io::stdout().flush();
+                printed = text;
+            }
+        }
+        if !args.ignore_eos && cfg.eos_token_ids.contains(&tok) {
+            break;
+        }
+        step_tokens = vec![tok];
+    }
+    let total = t0.elapsed().as_secs_f64();
+    if env.rank == 0 {
+        if codec.is_some() {
+            println!();
+        } else {
+            println!(
+                "{}",
+                out.iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+        let decode_tps = if out.len() > 1 {
+            (out.len() - 1) as f64 / (total - t_first).max(1e-9)
+        } else {
+            0.0
+        };
+        eprintln!(
+            "rrank: {} prompt + {} generated tokens; load {load_s:.2} s, first token {:.3} s, decode {decode_tps:.1} tok/s, total {:.1} tok/s incl. prefill",
+            prompt.len(),
+            out.len(),
+            t_first,
+            out.len() as f64 / total.max(1e-9)
+        );
+    }
+    if env.rank == sampler_rank
+        && let Some(path) = &args.dump
+    {
+        write_dump(
+            path,
+            &prompt,
+            prompt_logits.as_deref().unwrap_or(&[]),
+            cfg.vocab_size,
+            &out,
+        )?;
+    }
+    kv.release(&mut table);
+    Ok(())
+}
+
+fn write_dump(
+    path: &Path,
+    prompt: &[u32],
+    logits: &[f32],
+    vocab: usize,
+    out: &[u32],
+) -> Result<(), RankError> {
+    let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
+    let j = json!({"prompt_ids": prompt, "prompt_logits": rows, "tokens": out});
+    std::fs::write(path, j.to_string())
+        .map_err(|e| RankError::Runtime(format!("cannot write {}: {e}", path.display())))
+}

@@ -1,0 +1,337 @@
+//! A safetensors checkpoint: single file or sharded with `model.safetensors.index.json`.
+//!
+//! Opening reads only the headers, so shapes and dtypes are checked against
+//! config.json before any weight byte is touched. Loading memory-maps the files and
+//! converts just the requested rows or columns of a tensor to f32, so each rank
+//! reads only its own slice (bf16, f16 and f32 are supported).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde_json::Value;
+
+use super::config::{ModelConfig, ValidationError};
+
+/// One tensor's header entry.
+#[derive(Debug, Clone)]
+pub struct TensorMeta {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Byte range within the file (absolute).
+    pub start: usize,
+    pub end: usize,
+    pub file: usize,
+}
+
+/// The checkpoint's files and tensor headers.
+pub struct Checkpoint {
+    files: Vec<PathBuf>,
+    tensors: HashMap<String, TensorMeta>,
+}
+
+fn invalid(msg: impl Into<String>) -> ValidationError {
+    ValidationError(msg.into())
+}
+
+fn read_header(path: &Path) -> Result<(usize, Value), ValidationError> {
+    let mut f =
+        File::open(path).map_err(|e| invalid(format!("cannot open {}: {e}", path.display())))?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|_| {
+        invalid(format!(
+            "{} is not a safetensors file (shorter than 8 bytes)",
+            path.display()
+        ))
+    })?;
+    let n = u64::from_le_bytes(n) as usize;
+    if n > 100 << 20 {
+        return Err(invalid(format!(
+            "{} is not a safetensors file (header length {n})",
+            path.display()
+        )));
+    }
+    let mut h = vec![0u8; n];
+    f.read_exact(&mut h)
+        .map_err(|_| invalid(format!("{} is truncated inside its header", path.display())))?;
+    let v = serde_json::from_slice(&h).map_err(|e| {
+        invalid(format!(
+            "{} has an invalid safetensors header: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((8 + n, v))
+}
+
+impl Checkpoint {
+    /// Finds the weight files of `dir` and reads their headers.
+    pub fn open(dir: &Path) -> Result<Checkpoint, ValidationError> {
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let v: Value = serde_json::from_str(
+                &std::fs::read_to_string(&index)
+                    .map_err(|e| invalid(format!("cannot read {}: {e}", index.display())))?,
+            )
+            .map_err(|e| invalid(format!("{} is not valid JSON: {e}", index.display())))?;
+            let mut names: Vec<String> = v
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| invalid(format!("{} has no weight_map", index.display())))?
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| {
+                    invalid(format!(
+                        "cannot read model directory {}: {e}",
+                        dir.display()
+                    ))
+                })?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            v.sort();
+            v
+        };
+        if files.is_empty() {
+            return Err(invalid(format!(
+                "no *.safetensors weights in {} (rrank loads safetensors checkpoints only)",
+                dir.display()
+            )));
+        }
+        let mut tensors = HashMap::new();
+        for (fi, path) in files.iter().enumerate() {
+            let (base, header) = read_header(path)?;
+            let obj = header
+                .as_object()
+                .ok_or_else(|| invalid(format!("{}: header is not an object", path.display())))?;
+            for (name, t) in obj {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let dtype = t
+                    .get("dtype")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string();
+                let shape: Vec<usize> = t
+                    .get("shape")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_u64().map(|x| x as usize))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let off = t
+                    .get("data_offsets")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "{}: tensor {name} has no data_offsets",
+                            path.display()
+                        ))
+                    })?;
+                let (s, e) = (
+                    off[0].as_u64().unwrap_or(0) as usize,
+                    off.get(1).and_then(Value::as_u64).unwrap_or(0) as usize,
+                );
+                tensors.insert(
+                    name.clone(),
+                    TensorMeta {
+                        dtype,
+                        shape,
+                        start: base + s,
+                        end: base + e,
+                        file: fi,
+                    },
+                );
+            }
+        }
+        Ok(Checkpoint { files, tensors })
+    }
+
+    /// The header entry of a tensor.
+    pub fn meta(&self, name: &str) -> Option<&TensorMeta> {
+        self.tensors.get(name)
+    }
+
+    /// Checks every tensor the config implies: present, the expected shape, a float dtype.
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<(), ValidationError> {
+        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let mut want: Vec<(String, Vec<usize>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h]),
+            ("model.norm.weight".into(), vec![h]),
+        ];
+        if !cfg.tie_word_embeddings || self.tensors.contains_key("lm_head.weight") {
+            want.push(("lm_head.weight".into(), vec![cfg.vocab_size, h]));
+        }
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let mut add = |n: &str, s: Vec<usize>| want.push((format!("{p}.{n}"), s));
+            add("input_layernorm.weight", vec![h]);
+            add("post_attention_layernorm.weight", vec![h]);
+            add("self_attn.q_proj.weight", vec![q, h]);
+            add("self_attn.k_proj.weight", vec![kv, h]);
+            add("self_attn.v_proj.weight", vec![kv, h]);
+            add("self_attn.o_proj.weight", vec![h, q]);
+            add("mlp.gate_proj.weight", vec![i, h]);
+            add("mlp.up_proj.weight", vec![i, h]);
+            add("mlp.down_proj.weight", vec![h, i]);
+            if cfg.qkv_bias {
+                add("self_attn.q_proj.bias", vec![q]);
+                add("self_attn.k_proj.bias", vec![kv]);
+                add("self_attn.v_proj.bias", vec![kv]);
+            }
+            if cfg.o_bias {
+                add("self_attn.o_proj.bias", vec![h]);
+            }
+            if cfg.mlp_bias {
+                add("mlp.gate_proj.bias", vec![i]);
+                add("mlp.up_proj.bias", vec![i]);
+                add("mlp.down_proj.bias", vec![h]);
+            }
+        }
+        for (name, shape) in &want {
+            let Some(m) = self.tensors.get(name) else {
+                let hint = if self.tensors.keys().any(|k| {
+                    k.ends_with(".qweight")
+                        || k.ends_with(".weight_packed")
+                        || k.ends_with(".scales")
+                }) {
+                    " (the checkpoint looks quantized; config.json has no quantization_config)"
+                } else {
+                    ""
+                };
+                return Err(invalid(format!(
+                    "tensor {name} is missing from the checkpoint{hint}"
+                )));
+            };
+            if !matches!(m.dtype.as_str(), "BF16" | "F16" | "F32") {
+                return Err(invalid(format!(
+                    "tensor {name}: dtype {} is not a float type (expected BF16, F16 or F32); is this a quantized checkpoint under a base-model config.json?",
+                    m.dtype
+                )));
+            }
+            if &m.shape != shape {
+                return Err(invalid(format!(
+                    "tensor {name}: shape {:?} does not match config.json (expected {shape:?}); the weights and config.json belong to different models, or the checkpoint is quantized",
+                    m.shape
+                )));
+            }
+            let want_bytes = shape.iter().product::<usize>() * if m.dtype == "F32" { 4 } else { 2 };
+            if m.end - m.start != want_bytes {
+                return Err(invalid(format!(
+                    "tensor {name}: {} data bytes for shape {shape:?} {} (expected {want_bytes})",
+                    m.end - m.start,
+                    m.dtype
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Memory-maps the files for loading; checks that every tensor lies inside its file.
+    pub fn map(&self) -> Result<Weights<'_>, ValidationError> {
+        let mut maps = Vec::new();
+        for p in &self.files {
+            let f =
+                File::open(p).map_err(|e| invalid(format!("cannot open {}: {e}", p.display())))?;
+            // SAFETY: the file is opened read-only; a concurrent writer is the user's error.
+            let m = unsafe { Mmap::map(&f) }
+                .map_err(|e| invalid(format!("cannot map {}: {e}", p.display())))?;
+            maps.push(m);
+        }
+        for (name, t) in &self.tensors {
+            if t.end > maps[t.file].len() {
+                return Err(invalid(format!(
+                    "{} is truncated: tensor {name} ends at byte {} but the file has {} bytes",
+                    self.files[t.file].display(),
+                    t.end,
+                    maps[t.file].len()
+                )));
+            }
+        }
+        Ok(Weights { ckpt: self, maps })
+    }
+}
+
+/// Memory-mapped weights; slices are converted to f32 on request.
+pub struct Weights<'a> {
+    ckpt: &'a Checkpoint,
+    maps: Vec<Mmap>,
+}
+
+fn to_f32(dtype: &str, bytes: &[u8], out: &mut Vec<f32>) {
+    match dtype {
+        "F32" => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        ),
+        "BF16" => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
+        ),
+        "F16" => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+        ),
+        _ => unreachable!("dtype checked by validate"),
+    }
+}
+
+impl Weights<'_> {
+    fn raw(&self, name: &str) -> (&TensorMeta, &[u8], usize) {
+        let m = self
+            .ckpt
+            .meta(name)
+            .unwrap_or_else(|| panic!("tensor {name} checked by validate"));
+        let es = if m.dtype == "F32" { 4 } else { 2 };
+        (m, &self.maps[m.file][m.start..m.end], es)
+    }
+
+    /// Whether the checkpoint has this tensor.
+    pub fn has(&self, name: &str) -> bool {
+        self.ckpt.meta(name).is_some()
+    }
+
+    /// Rows `[r0, r1)` of a 2-D tensor (or elements of a 1-D one), row-major f32.
+    pub fn rows(&self, name: &str, r0: usize, r1: usize) -> Vec<f32> {
+        let (m, b, es) = self.raw(name);
+        let row: usize = m.shape[1..].iter().product();
+        let mut out = Vec::with_capacity((r1 - r0) * row);
+        to_f32(&m.dtype, &b[r0 * row * es..r1 * row * es], &mut out);
+        out
+    }
+
+    /// Columns `[c0, c1)` of a 2-D tensor, row-major f32 of shape `[rows, c1 - c0]`.
+    pub fn cols(&self, name: &str, c0: usize, c1: usize) -> Vec<f32> {
+        let (m, b, es) = self.raw(name);
+        let (rows, cols) = (m.shape[0], m.shape[1]);
+        let mut out = Vec::with_capacity(rows * (c1 - c0));
+        for r in 0..rows {
+            let base = (r * cols) * es;
+            to_f32(&m.dtype, &b[base + c0 * es..base + c1 * es], &mut out);
+        }
+        out
+    }
+
+    /// The whole tensor as f32.
+    pub fn all(&self, name: &str) -> Vec<f32> {
+        let (m, b, _) = self.raw(name);
+        let mut out = Vec::with_capacity(m.shape.iter().product());
+        to_f32(&m.dtype, b, &mut out);
+        out
+    }
+}

@@ -1,0 +1,372 @@
+//! The Llama family (Llama 2/3, Mistral, Qwen2) sharded Megatron-style for one rank:
+//! q/k/v and gate/up column-parallel, o and down row-parallel with an all-reduce
+//! each, vocab-parallel embedding and LM head, KV heads split or replicated, and a
+//! contiguous range of layers per pipeline stage.
+//!
+//! [`RankModel::forward`] runs one step over any number of sequence chunks (prefill
+//! chunks and decode tokens alike), writing K/V into the paged cache.
+
+use std::io;
+
+use rayon::prelude::*;
+
+use super::checkpoint::Weights;
+use super::config::{ModelConfig, stage_layers};
+use crate::rank::backend::cpu;
+use crate::rank::dist::{Comm, Placement};
+use crate::rank::kv::{BlockTable, KvCache};
+
+struct Layer {
+    in_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+    wq: Vec<f32>,
+    wk: Vec<f32>,
+    wv: Vec<f32>,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    /// `[hidden, local_heads · head_dim]`
+    wo: Vec<f32>,
+    bo: Option<Vec<f32>>,
+    w_gate: Vec<f32>,
+    w_up: Vec<f32>,
+    b_gate: Option<Vec<f32>>,
+    b_up: Option<Vec<f32>>,
+    /// `[hidden, local_intermediate]`
+    w_down: Vec<f32>,
+    b_down: Option<Vec<f32>>,
+}
+
+/// A vocab slice `[v0, v1)` of an embedding or LM head, `[v1 - v0, hidden]`.
+struct VocabSlice {
+    table: Vec<f32>,
+    v0: usize,
+    v1: usize,
+}
+
+/// One sequence's part of a step.
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`.
+    pub start: usize,
+    pub table: &'a BlockTable,
+    /// Return logits for every token of the chunk (else only the last one).
+    pub all_logits: bool,
+}
+
+/// This rank's part of the model.
+pub struct RankModel {
+    pub cfg: ModelConfig,
+    pub place: Placement,
+    /// Global indices of this stage's layers.
+    pub layers: (usize, usize),
+    weights: Vec<Layer>,
+    embed: Option<VocabSlice>,
+    final_norm: Option<Vec<f32>>,
+    lm_head: Option<VocabSlice>,
+    inv_freq: Vec<f32>,
+    heads: usize,
+    kv_heads: usize,
+    /// Local q head h uses local KV head `(q_start + h) / group - kv_start`.
+    q_start: usize,
+    kv_start: usize,
+    inter: usize,
+    threads: usize,
+}
+
+/// Vocab rows of TP rank `r`: equal contiguous chunks (the last may be short or empty).
+pub fn vocab_range(vocab: usize, tp: usize, r: usize) -> (usize, usize) {
+    let chunk = vocab.div_ceil(tp);
+    ((r * chunk).min(vocab), ((r + 1) * chunk).min(vocab))
+}
+
+impl RankModel {
+    /// Reads this rank's slices. `threads`: GEMM threads for this rank.
+    pub fn load(cfg: ModelConfig, w: &Weights<'_>, place: Placement, threads: usize) -> RankModel {
+        let (tp, tr) = (place.tp, place.tp_rank());
+        let hd = cfg.head_dim;
+        let heads = cfg.num_heads / tp;
+        let kv_heads = cfg.kv_heads_per_rank(tp);
+        let kv_start = cfg.kv_head_start(tp, tr);
+        let inter = cfg.intermediate_size / tp;
+        let (q0, q1) = (tr * heads * hd, (tr + 1) * heads * hd);
+        let (k0, k1) = (kv_start * hd, (kv_start + kv_heads) * hd);
+        let (i0, i1) = (tr * inter, (tr + 1) * inter);
+        let layers = stage_layers(cfg.num_layers, place.pp, place.pp_rank());
+        let opt = |name: String, a: usize, b: usize| w.has(&name).then(|| w.rows(&name, a, b));
+        let weights: Vec<Layer> = (layers.0..layers.1)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                let n = |s: &str| format!("{p}.{s}");
+                Layer {
+                    in_norm: w.all(&n("input_layernorm.weight")),
+                    post_norm: w.all(&n("post_attention_layernorm.weight")),
+                    wq: w.rows(&n("self_attn.q_proj.weight"), q0, q1),
+                    wk: w.rows(&n("self_attn.k_proj.weight"), k0, k1),
+                    wv: w.rows(&n("self_attn.v_proj.weight"), k0, k1),
+                    bq: opt(n("self_attn.q_proj.bias"), q0, q1),
+                    bk: opt(n("self_attn.k_proj.bias"), k0, k1),
+                    bv: opt(n("self_attn.v_proj.bias"), k0, k1),
+                    wo: w.cols(&n("self_attn.o_proj.weight"), q0, q1),
+                    bo: w
+                        .has(&n("self_attn.o_proj.bias"))
+                        .then(|| w.all(&n("self_attn.o_proj.bias"))),
+                    w_gate: w.rows(&n("mlp.gate_proj.weight"), i0, i1),
+                    w_up: w.rows(&n("mlp.up_proj.weight"), i0, i1),
+                    b_gate: opt(n("mlp.gate_proj.bias"), i0, i1),
+                    b_up: opt(n("mlp.up_proj.bias"), i0, i1),
+                    w_down: w.cols(&n("mlp.down_proj.weight"), i0, i1),
+                    b_down: w
+                        .has(&n("mlp.down_proj.bias"))
+                        .then(|| w.all(&n("mlp.down_proj.bias"))),
+                }
+            })
+            .collect();
+        let (v0, v1) = vocab_range(cfg.vocab_size, tp, tr);
+        let embed = place.first_stage().then(|| VocabSlice {
+            table: w.rows("model.embed_tokens.weight", v0, v1),
+            v0,
+            v1,
+        });
+        let lm_name = if w.has("lm_head.weight") {
+            "lm_head.weight"
+        } else {
+            "model.embed_tokens.weight"
+        };
+        let lm_head = place.last_stage().then(|| VocabSlice {
+            table: w.rows(lm_name, v0, v1),
+            v0,
+            v1,
+        });
+        let final_norm = place.last_stage().then(|| w.all("model.norm.weight"));
+        RankModel {
+            inv_freq: cpu::inv_freq(&cfg),
+            q_start: tr * heads,
+            kv_start,
+            heads,
+            kv_heads,
+            inter,
+            cfg,
+            place,
+            layers,
+            weights,
+            embed,
+            final_norm,
+            lm_head,
+            threads,
+        }
+    }
+
+    /// Bytes of weights this rank holds (f32).
+    pub fn weight_bytes(&self) -> usize {
+        let l: usize = self
+            .weights
+            .iter()
+            .map(|l| {
+                l.wq.len()
+                    + l.wk.len()
+                    + l.wv.len()
+                    + l.wo.len()
+                    + l.w_gate.len()
+                    + l.w_up.len()
+                    + l.w_down.len()
+                    + l.in_norm.len() * 2
+            })
+            .sum();
+        4 * (l
+            + self.embed.as_ref().map_or(0, |e| e.table.len())
+            + self.lm_head.as_ref().map_or(0, |e| e.table.len()))
+    }
+
+    /// KV heads this rank caches per layer.
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads
+    }
+
+    /// Number of layers in this stage.
+    pub fn num_local_layers(&self) -> usize {
+        self.weights.len()
+    }
+
+    fn embed(&self, comm: &mut dyn Comm, tokens: &[u32]) -> io::Result<Vec<f32>> {
+        let h = self.cfg.hidden_size;
+        let e = self
+            .embed
+            .as_ref()
+            .expect("first stage holds the embedding");
+        let mut x = vec![0f32; tokens.len() * h];
+        for (t, &id) in tokens.iter().enumerate() {
+            let id = id as usize;
+            if (e.v0..e.v1).contains(&id) {
+                x[t * h..(t + 1) * h]
+                    .copy_from_slice(&e.table[(id - e.v0) * h..(id - e.v0 + 1) * h]);
+            }
+        }
+        comm.all_reduce_sum(&self.place.tp_group(), &mut x)?;
+        Ok(x)
+    }
+
+    /// Runs this rank's part of one step. Returns, on the last stage, the logits of
+    /// the requested tokens (`[rows, vocab]`, rows in chunk order); `None` elsewhere.
+    pub fn forward(
+        &self,
+        comm: &mut dyn Comm,
+        kv: &mut KvCache,
+        chunks: &[SeqChunk<'_>],
+    ) -> io::Result<Option<Vec<f32>>> {
+        let cfg = &self.cfg;
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let tokens: Vec<u32> = chunks
+            .iter()
+            .flat_map(|c| c.tokens.iter().copied())
+            .collect();
+        let t = tokens.len();
+        let positions: Vec<usize> = chunks
+            .iter()
+            .flat_map(|c| c.start..c.start + c.tokens.len())
+            .collect();
+        // Which chunk each token belongs to.
+        let owner: Vec<usize> = chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| std::iter::repeat_n(i, c.tokens.len()))
+            .collect();
+        let tp_group = self.place.tp_group();
+
+        let mut x = if self.place.first_stage() {
+            self.embed(comm, &tokens)?
+        } else {
+            let mut x = vec![0f32; t * h];
+            comm.recv_f32(self.place.prev_stage(), &mut x)?;
+            x
+        };
+        let eps = cfg.rms_norm_eps as f32;
+        let (nq, nkv) = (self.heads * hd, self.kv_heads * hd);
+        let group = cfg.num_heads / cfg.num_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, l) in self.weights.iter().enumerate() {
+            let mut a = x.clone();
+            cpu::rms_norm(&mut a, &l.in_norm, eps);
+            let mut q = cpu::linear(&a, t, &l.wq, nq, l.bq.as_deref(), self.threads);
+            let mut k = cpu::linear(&a, t, &l.wk, nkv, l.bk.as_deref(), self.threads);
+            let v = cpu::linear(&a, t, &l.wv, nkv, l.bv.as_deref(), self.threads);
+            cpu::rope(&mut q, self.heads, hd, &positions, &self.inv_freq);
+            cpu::rope(&mut k, self.kv_heads, hd, &positions, &self.inv_freq);
+            for i in 0..t {
+                kv.write(
+                    li,
+                    chunks[owner[i]].table,
+                    positions[i],
+                    &k[i * nkv..(i + 1) * nkv],
+                    &v[i * nkv..(i + 1) * nkv],
+                );
+            }
+            let mut attn = vec![0f32; t * nq];
+            let kvr: &KvCache = kv;
+            attn.par_chunks_mut(nq).enumerate().for_each(|(i, out)| {
+                let table = chunks[owner[i]].table;
+                let pos = positions[i];
+                let first = cfg
+                    .sliding_window
+                    .map_or(0, |w| (pos + 1).saturating_sub(w));
+                let mut scores = vec![0f32; pos + 1 - first];
+                for hh in 0..self.heads {
+                    let kvh = (self.q_start + hh) / group - self.kv_start;
+                    let qv = &q[i * nq + hh * hd..][..hd];
+                    for (j, s) in (first..=pos).zip(scores.iter_mut()) {
+                        let kk = &kvr.read(li, table, j).0[kvh * hd..][..hd];
+                        *s = qv.iter().zip(kk).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    }
+                    cpu::softmax(&mut scores);
+                    let o = &mut out[hh * hd..][..hd];
+                    for (j, p) in (first..=pos).zip(&scores) {
+                        let vv = &kvr.read(li, table, j).1[kvh * hd..][..hd];
+                        for (oo, vvv) in o.iter_mut().zip(vv) {
+                            *oo += p * vvv;
+                        }
+                    }
+                }
+            });
+            let mut o = cpu::linear(&attn, t, &l.wo, h, None, self.threads);
+            comm.all_reduce_sum(&tp_group, &mut o)?;
+            if let Some(b) = &l.bo {
+                for row in o.chunks_exact_mut(h) {
+                    cpu::add_in_place(row, b);
+                }
+            }
+            cpu::add_in_place(&mut x, &o);
+
+            let mut a = x.clone();
+            cpu::rms_norm(&mut a, &l.post_norm, eps);
+            let mut g = cpu::linear(
+                &a,
+                t,
+                &l.w_gate,
+                self.inter,
+                l.b_gate.as_deref(),
+                self.threads,
+            );
+            let u = cpu::linear(&a, t, &l.w_up, self.inter, l.b_up.as_deref(), self.threads);
+            cpu::silu_mul(&mut g, &u);
+            let mut d = cpu::linear(&g, t, &l.w_down, h, None, self.threads);
+            comm.all_reduce_sum(&tp_group, &mut d)?;
+            if let Some(b) = &l.b_down {
+                for row in d.chunks_exact_mut(h) {
+                    cpu::add_in_place(row, b);
+                }
+            }
+            cpu::add_in_place(&mut x, &d);
+        }
+        if !self.place.last_stage() {
+            comm.send_f32(self.place.next_stage(), &x)?;
+            return Ok(None);
+        }
+        // Rows whose logits are wanted.
+        let mut rows = Vec::new();
+        let mut at = 0;
+        for c in chunks {
+            let n = c.tokens.len();
+            if c.all_logits {
+                rows.extend(at..at + n);
+            } else if n > 0 {
+                rows.push(at + n - 1);
+            }
+            at += n;
+        }
+        let mut sel: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| x[r * h..(r + 1) * h].iter().copied())
+            .collect();
+        cpu::rms_norm(&mut sel, self.final_norm.as_ref().unwrap(), eps);
+        let head = self.lm_head.as_ref().unwrap();
+        let local_v = head.v1 - head.v0;
+        let local = if local_v == 0 {
+            vec![]
+        } else {
+            cpu::linear(&sel, rows.len(), &head.table, local_v, None, self.threads)
+        };
+        let parts = comm.all_gather(&tp_group, &local)?;
+        let vocab = cfg.vocab_size;
+        let mut logits = vec![0f32; rows.len() * vocab];
+        for (r, part) in parts.iter().enumerate() {
+            let (v0, v1) = vocab_range(vocab, self.place.tp, r);
+            let w = v1 - v0;
+            for i in 0..rows.len() {
+                logits[i * vocab + v0..i * vocab + v1].copy_from_slice(&part[i * w..(i + 1) * w]);
+            }
+        }
+        Ok(Some(logits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vocab_range;
+
+    #[test]
+    fn vocab_ranges_tile_the_vocab() {
+        assert_eq!(vocab_range(10, 4, 0), (0, 3));
+        assert_eq!(vocab_range(10, 4, 3), (9, 10));
+        assert_eq!(vocab_range(2, 4, 3), (2, 2));
+    }
+}
