@@ -33,8 +33,8 @@ pub struct Worker {
     pub exit: Option<i32>,
     /// When rrun noticed the exit.
     pub exited_at: Option<SystemTime>,
-    /// rrun sent this worker a closing signal before it exited.
-    pub terminated_by_agent: bool,
+    /// The closing signal rrun sent this worker while it still ran, if any.
+    pub closing_signal: Option<i32>,
     pub error_file: String,
     /// File holding the captured stderr, if any.
     pub stderr_file: Option<PathBuf>,
@@ -113,7 +113,7 @@ impl Worker {
             child,
             exit: None,
             exited_at: None,
-            terminated_by_agent: false,
+            closing_signal: None,
             error_file: spec.error_file,
             stderr_file,
             tee_threads,
@@ -129,6 +129,15 @@ impl Worker {
             self.exited_at = Some(SystemTime::now());
         }
         self.exit
+    }
+
+    /// True when the worker died of rrun's closing signal (killed by it, or exited
+    /// 128+n from a handler): it did not fail on its own.
+    pub fn terminated_by_agent(&self) -> bool {
+        match (self.closing_signal, self.exit) {
+            (Some(s), Some(code)) => code == -s || code == 128 + s || code == -libc::SIGKILL,
+            _ => false,
+        }
     }
 
     /// Sends `sig` to the worker's whole process group (grandchildren included).

@@ -93,7 +93,7 @@ pub fn collect(workers: &[Worker]) -> Vec<Failure> {
                 error_file: json.as_ref().map(|_| w.error_file.clone()),
                 error_json: json,
                 traceback,
-                terminated_by_agent: w.terminated_by_agent,
+                terminated_by_agent: w.terminated_by_agent(),
                 stderr_file: w.stderr_file.clone(),
             }
         })

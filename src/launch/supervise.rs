@@ -86,7 +86,7 @@ pub fn shut_down(workers: &mut [Worker], sig: i32, grace: Duration, signals: &Si
                     signal_name(sig)
                 ),
             );
-            w.terminated_by_agent = true;
+            w.closing_signal = Some(sig);
             w.signal_group(sig);
         }
     }

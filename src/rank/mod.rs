@@ -2,11 +2,11 @@
 //! (shared/DESIGN.md). Today: the CPU reference backend and `rrank generate`; the
 //! HTTP server and the CUDA backend build on the same model and communicator.
 //!
-//! - [`dist`]: env contract, TP × PP placement, the `Comm` trait (TCP between CPU ranks)
-//! - [`model`]: config.json + validation, safetensors shards, the sharded Llama forward
-//! - [`backend`]: f32 CPU kernels
-//! - [`kv`]: the paged KV cache
-//! - [`engine`]: sampling
+//! - [`dist`] — env contract, TP × PP placement, the `Comm` trait (TCP between CPU ranks)
+//! - [`model`] — config.json + validation, safetensors shards, the sharded Llama forward
+//! - [`backend`] — f32 CPU kernels
+//! - [`kv`] — the paged KV cache
+//! - [`engine`] — sampling
 //! - [`startup`], [`generate`]: the offline generation path
 
 pub mod backend;

@@ -114,7 +114,7 @@ pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
                     let wavelen = 2.0 * std::f32::consts::PI / f;
                     let scaled = if wavelen > low_wavelen { f / factor } else { f };
                     let smooth = (old / wavelen - low) / (high - low);
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                     if medium {
                         (1.0 - smooth) * scaled / factor + smooth * scaled
                     } else {

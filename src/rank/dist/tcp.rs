@@ -58,7 +58,7 @@ impl TcpComm {
             .set(&key(env.rank), shown.as_bytes())
             .map_err(|e| e.to_string())?;
         let mut peers: Vec<Option<TcpStream>> = (0..env.world_size).map(|_| None).collect();
-        for r in env.rank + 1..env.world_size {
+        for (r, slot) in peers.iter_mut().enumerate().skip(env.rank + 1) {
             let addr = String::from_utf8_lossy(
                 &store
                     .get(&key(r))
@@ -70,7 +70,7 @@ impl TcpComm {
             s.set_nodelay(true).ok();
             s.write_all(&(env.rank as u64).to_le_bytes())
                 .map_err(|e| e.to_string())?;
-            peers[r] = Some(s);
+            *slot = Some(s);
         }
         listener.set_nonblocking(false).ok();
         for _ in 0..env.rank {

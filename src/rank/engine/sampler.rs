@@ -117,7 +117,7 @@ mod tests {
             (0..20).map(|_| sample(&l, &p, &mut r)).collect()
         };
         assert_eq!(a, b);
-        assert!(a.iter().any(|&x| x == 2), "temperature 1 explores");
+        assert!(a.contains(&2), "temperature 1 explores");
         let k1 = SamplingParams {
             temperature: 1.0,
             top_k: 1,

@@ -59,7 +59,7 @@ impl KvCache {
 
     /// Returns a sequence's blocks to the free list.
     pub fn release(&mut self, table: &mut BlockTable) {
-        self.free.extend(table.0.drain(..));
+        self.free.append(&mut table.0);
     }
 
     fn offset(&self, table: &BlockTable, pos: usize) -> usize {

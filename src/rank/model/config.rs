@@ -252,7 +252,7 @@ impl ModelConfig {
                 "quantized checkpoint (quantization_config.quant_method = {m:?}) is not supported; use an unquantized bf16/f16/f32 checkpoint"
             )));
         }
-        if self.num_heads % tp != 0 {
+        if !self.num_heads.is_multiple_of(tp) {
             return Err(invalid(format!(
                 "Total number of attention heads ({}) must be divisible by tensor parallel size ({tp}); valid -tp values: {}",
                 self.num_heads,
@@ -260,13 +260,13 @@ impl ModelConfig {
             )));
         }
         let kv = self.num_kv_heads;
-        if !(kv % tp == 0 || tp % kv == 0) {
+        if !(kv.is_multiple_of(tp) || tp.is_multiple_of(kv)) {
             return Err(invalid(format!(
                 "number of key/value heads ({kv}) and tensor parallel size ({tp}) must divide one another (split or replicate KV heads); valid -tp values: {}",
                 divisors(self.num_heads)
             )));
         }
-        if self.intermediate_size % tp != 0 {
+        if !self.intermediate_size.is_multiple_of(tp) {
             return Err(invalid(format!(
                 "intermediate size ({}) must be divisible by tensor parallel size ({tp})",
                 self.intermediate_size
@@ -298,7 +298,7 @@ impl ModelConfig {
 
 fn divisors(n: usize) -> String {
     (1..=n)
-        .filter(|d| n % d == 0)
+        .filter(|d| n.is_multiple_of(*d))
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join(", ")
@@ -309,19 +309,8 @@ fn divisors(n: usize) -> String {
 pub fn stage_layers(num_layers: usize, pp: usize, stage: usize) -> (usize, usize) {
     let base = num_layers / pp;
     let extra = num_layers % pp;
-    // Give the leftover layers to the last `extra` stages but never the first when avoidable.
-    let sizes: Vec<usize> = (0..pp)
-        .map(|s| {
-            let gets = if extra == 0 {
-                false
-            } else if pp - extra >= 1 {
-                s >= pp - extra
-            } else {
-                true
-            };
-            base + gets as usize
-        })
-        .collect();
+    // The leftover layers go to the last `extra` stages (the first holds the embedding).
+    let sizes: Vec<usize> = (0..pp).map(|s| base + usize::from(s >= pp - extra)).collect();
     let start: usize = sizes[..stage].iter().sum();
     (start, start + sizes[stage])
 }

@@ -1,0 +1,176 @@
+"""rrank on CPU against transformers: every test architecture at every placement,
+as real processes under rrun; chat-template prompts; and every start-up refusal."""
+import json
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, base_env, launch
+
+DATA = ROOT / "tests" / "data"
+RRANK = str(Path(launch.__globals__["RRUN"]).parent / "rrank")
+
+
+def ref(arch):
+    return json.loads((DATA / arch / "reference.json").read_text())
+
+
+def generate(args, n=1, env=None, **kw):
+    """rrank generate as `n` real processes under rrun (or alone when n == 1 and no launcher is wanted)."""
+    cmd = ["--standalone", "--nproc-per-node", n, "--tee", 3, RRANK, "generate", *args]
+    return launch("rrun", cmd, env=env, **kw)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2), (4, 2)])
+def test_matches_transformers(tmp_path, arch, tp, pp):
+    r = ref(arch)
+    dump = tmp_path / "dump.json"
+    p = generate(["--model", DATA / arch, "-tp", tp, "-pp", pp, "--prompt-ids", ",".join(map(str, r["prompt_ids"])),
+                  "--max-tokens", 32, "--ignore-eos", "--dump", dump], n=tp * pp)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(dump.read_text())
+    assert len(got["prompt_logits"]) == len(r["logits"])
+    diff = max(abs(a - b) for ra, rb in zip(r["logits"], got["prompt_logits"]) for a, b in zip(ra, rb))
+    assert diff <= 1e-4, f"max |logit diff| {diff}"
+    assert got["tokens"] == r["greedy"]
+
+
+def test_text_prompt_with_chat_template_same_on_1_and_2_ranks():
+    outs = []
+    for n, extra in ((1, []), (2, ["-pp", 2]), (2, ["-tp", 2])):
+        p = generate(["--model", DATA / "llama", "--prompt", "What is the capital of France?", "--max-tokens", 12, *extra], n=n)
+        assert p.returncode == 0, p.stderr
+        text = "".join(l.split("]:", 1)[1] for l in p.stdout.splitlines() if l.startswith("[default0]:"))
+        outs.append(text)
+    assert outs[0] and outs[0] == outs[1] == outs[2]
+
+
+def test_seeded_sampling_is_reproducible():
+    args = ["--model", DATA / "mistral", "--prompt", "Hello", "--max-tokens", 16, "--temperature", 1.0, "--seed", 7]
+    a, b = generate(args), generate(args)
+    c = generate([*args[:-1], 8])
+    assert a.returncode == 0 and a.stdout == b.stdout
+    assert a.stdout != c.stdout
+
+
+# --- start-up refusals ----------------------------------------------------------
+
+def truncated_copy(src, dst):
+    """A copy of a model whose weight files keep their headers but lose their data:
+    loading any weight would fail with 'truncated', so a refusal that names something
+    else proves it came before any weight was read."""
+    shutil.copytree(src, dst)
+    for f in dst.glob("*.safetensors"):
+        b = f.read_bytes()
+        n = struct.unpack("<Q", b[:8])[0]
+        f.write_bytes(b[:8 + n + 16])
+    return dst
+
+
+def edit_config(d, **kv):
+    c = json.loads((d / "config.json").read_text())
+    c.update(kv)
+    (d / "config.json").write_text(json.dumps(c))
+
+
+def refuse(model, args, n, want):
+    """Starts the n ranks as separate processes with the launcher's env contract (so no
+    rank is cut short by another's failure) and checks each one refuses with exit 2
+    and the same single line."""
+    procs = []
+    for r in range(n):
+        env = base_env(RANK=r, WORLD_SIZE=n, LOCAL_RANK=r, LOCAL_WORLD_SIZE=n, MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=1, TORCHELASTIC_USE_AGENT_STORE="True")
+        procs.append(subprocess.Popen([RRANK, "generate", "--model", str(model), "--prompt-ids", "1,2,3", *map(str, args)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    texts = set()
+    for r, p in enumerate(procs):
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 2, (r, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"rrank: error (rank {r}): "), err
+        texts.add(lines[0].split("): ", 1)[1])
+    assert len(texts) == 1, f"same text on every rank: {texts}"
+    text = texts.pop()
+    assert want in text, text
+    assert "truncated" not in text
+    return text
+
+
+def test_refusal_under_rrun_is_reported(tmp_path):
+    m = truncated_copy(DATA / "llama", tmp_path / "m")
+    p = generate(["--model", m, "-tp", 1, "--prompt-ids", "1,2,3"], n=2)
+    assert p.returncode == 1
+    assert "but WORLD_SIZE is 2" in p.stderr and "exitcode  : 2" in p.stderr
+
+
+def test_refuses_world_size_mismatch(tmp_path):
+    m = truncated_copy(DATA / "llama", tmp_path / "m")
+    refuse(m, ["-tp", 1], 2, "tensor parallel size (1) x pipeline parallel size (1) = 1 but WORLD_SIZE is 2")
+
+
+def test_refuses_heads_not_divisible(tmp_path):
+    m = truncated_copy(DATA / "qwen2", tmp_path / "m")
+    t = refuse(m, ["-tp", 3], 3, "Total number of attention heads (4) must be divisible by tensor parallel size (3)")
+    assert "valid -tp values: 1, 2, 4" in t
+
+
+def test_refuses_kv_heads_not_dividing(tmp_path):
+    m = truncated_copy(DATA / "llama", tmp_path / "m")
+    edit_config(m, num_attention_heads=12, num_key_value_heads=4)
+    refuse(m, ["-tp", 6], 6, "number of key/value heads (4) and tensor parallel size (6) must divide one another")
+
+
+def test_refuses_more_stages_than_layers(tmp_path):
+    m = truncated_copy(DATA / "llama", tmp_path / "m")
+    refuse(m, ["-pp", 5], 5, "pipeline parallel size (5) exceeds the number of hidden layers (4)")
+
+
+def test_refuses_quantization_config(tmp_path):
+    m = truncated_copy(DATA / "llama", tmp_path / "m")
+    edit_config(m, quantization_config={"quant_method": "awq", "bits": 4})
+    refuse(m, [], 1, 'quantized checkpoint (quantization_config.quant_method = "awq") is not supported')
+
+
+def test_refuses_quantized_weights_under_base_config(tmp_path):
+    m = tmp_path / "m"
+    shutil.copytree(DATA / "llama", m)
+    f = m / "model.safetensors"
+    b = f.read_bytes()
+    n = struct.unpack("<Q", b[:8])[0]
+    header = json.loads(b[8:8 + n])
+    header["model.layers.0.self_attn.q_proj.weight"]["dtype"] = "I32"
+    header["model.layers.0.self_attn.q_proj.weight"]["shape"] = [64, 16]
+    h = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(h)) + h + b"\0" * 16)
+    refuse(m, [], 1, "tensor model.layers.0.self_attn.q_proj.weight: dtype I32 is not a float type")
+
+
+def test_refuses_weights_of_another_model(tmp_path):
+    m = truncated_copy(DATA / "llama", tmp_path / "m")
+    edit_config(m, intermediate_size=256)
+    refuse(m, [], 1, "tensor model.layers.0.mlp.gate_proj.weight: shape [128, 64] does not match config.json (expected [256, 64])")
+
+
+def test_refuses_tokenizer_larger_than_embedding(tmp_path):
+    m = truncated_copy(DATA / "llama", tmp_path / "m")
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(m / "tokenizer.json"))
+    tok.add_tokens([f"<extra_{i}>" for i in range(40)])
+    tok.save(str(m / "tokenizer.json"))
+    assert tok.get_vocab_size(True) > 320
+    refuse(m, [], 1, "but the embedding has only 320 rows")
+
+
+def test_refuses_missing_files(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refuse(empty, [], 1, "config.json: No such file")
+    m = tmp_path / "noweights"
+    shutil.copytree(DATA / "llama", m)
+    (m / "model.safetensors").unlink()
+    refuse(m, [], 1, "no *.safetensors weights in")
