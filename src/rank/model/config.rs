@@ -310,7 +310,9 @@ pub fn stage_layers(num_layers: usize, pp: usize, stage: usize) -> (usize, usize
     let base = num_layers / pp;
     let extra = num_layers % pp;
     // The leftover layers go to the last `extra` stages (the first holds the embedding).
-    let sizes: Vec<usize> = (0..pp).map(|s| base + usize::from(s >= pp - extra)).collect();
+    let sizes: Vec<usize> = (0..pp)
+        .map(|s| base + usize::from(s >= pp - extra))
+        .collect();
     let start: usize = sizes[..stage].iter().sum();
     (start, start + sizes[stage])
 }

@@ -1,0 +1,42 @@
+"""The real small model: SmolLM2-135M-Instruct (prepared by scripts/get-smollm2.sh)
+answers the France question with Paris, identically on 1 rank and on 2 ranks (PP=2);
+TP=2 is refused clearly (9 heads)."""
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import launch
+
+MODEL = os.environ.get("RRUN_SMOLLM2", str(Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"))
+RRANK = str(Path(launch.__globals__["RRUN"]).parent / "rrank")
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def model():
+    assert (Path(MODEL) / "config.json").exists(), f"{MODEL} missing: run scripts/get-smollm2.sh (scripts/test.sh does)"
+    return MODEL
+
+
+def answer(model, n, *extra):
+    p = launch("rrun", ["--standalone", "--nproc-per-node", n, RRANK, "generate", "--model", model, "--prompt", QUESTION,
+                        "--max-tokens", 24, *extra], timeout=600)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
+
+
+def test_paris_on_one_rank_and_two_pipeline_ranks(model):
+    one = answer(model, 1)
+    two = answer(model, 2, "-pp", 2)
+    assert "Paris" in one, one
+    assert one == two
+
+
+def test_tensor_parallel_two_is_refused_clearly(model):
+    p = launch("rrun", ["--standalone", "--nproc-per-node", 2, RRANK, "generate", "--model", model, "-tp", 2,
+                        "--prompt", QUESTION])
+    assert p.returncode == 1
+    assert ("Total number of attention heads (9) must be divisible by tensor parallel size (2); "
+            "valid -tp values: 1, 3, 9") in p.stderr
+    assert "exitcode  : 2" in p.stderr
