@@ -3,21 +3,168 @@
 //! the paged KV cache) and GEMMs through the `gemm` crate, multi-threaded with rayon.
 //!
 //! Activations are row-major `[tokens, features]` slices. Weights are row-major
-//! `[out, in]`, as in the checkpoint.
+//! `[out, in]` [`Mat`]s, as in the checkpoint: bf16 checkpoints stay bf16 in memory
+//! (widening bf16 to f32 is exact, so the math is the same f32 math) and decode
+//! reads half the bytes; other dtypes are converted to f32 at load.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 use crate::rank::model::config::{ModelConfig, RopeScaling};
+
+/// A weight matrix `[rows, cols]`, row-major.
+pub enum Mat {
+    F32(Vec<f32>),
+    /// Raw bf16 bits.
+    Bf16(Vec<u16>),
+}
+
+impl Mat {
+    pub fn len(&self) -> usize {
+        match self {
+            Mat::F32(v) => v.len(),
+            Mat::Bf16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Mat::F32(v) => v.len() * 4,
+            Mat::Bf16(v) => v.len() * 2,
+        }
+    }
+
+    /// The whole matrix as f32.
+    pub fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self {
+            Mat::F32(v) => std::borrow::Cow::Borrowed(v),
+            Mat::Bf16(v) => std::borrow::Cow::Owned(v.iter().map(|b| bf16(*b)).collect()),
+        }
+    }
+}
+
+#[inline(always)]
+fn bf16(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// Most token rows handled by the streaming kernel (decode steps); above it, GEMM.
+const SKINNY: usize = 8;
+
+#[inline(always)]
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline(always)]
+fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * bf16(y[i]);
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * bf16(*y);
+    }
+    s
+}
+
+/// `y[t, o]` for a few rows of x: streams each weight row once for all t rows.
+#[inline(always)]
+fn skinny_rows(x: &[f32], t: usize, w: &Mat, in_f: usize, o0: usize, out: &mut [f32]) {
+    for j in 0..out.len() / t {
+        let o = o0 + j;
+        for tt in 0..t {
+            let xr = &x[tt * in_f..(tt + 1) * in_f];
+            out[j * t + tt] = match w {
+                Mat::F32(v) => dot_f32(xr, &v[o * in_f..(o + 1) * in_f]),
+                Mat::Bf16(v) => dot_bf16(xr, &v[o * in_f..(o + 1) * in_f]),
+            };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn skinny_rows_avx2(x: &[f32], t: usize, w: &Mat, in_f: usize, o0: usize, out: &mut [f32]) {
+    skinny_rows(x, t, w, in_f, o0, out)
+}
+
+fn skinny(x: &[f32], t: usize, w: &Mat, out_f: usize) -> Vec<f32> {
+    let in_f = w.len() / out_f;
+    // Output-major scratch [out, t], so each task owns a contiguous block.
+    let mut scratch = vec![0f32; out_f * t];
+    const ROWS: usize = 64;
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    scratch
+        .par_chunks_mut(ROWS * t)
+        .enumerate()
+        .for_each(|(ci, block)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                unsafe { skinny_rows_avx2(x, t, w, in_f, ci * ROWS, block) };
+                return;
+            }
+            skinny_rows(x, t, w, in_f, ci * ROWS, block);
+        });
+    let mut y = vec![0f32; t * out_f];
+    for o in 0..out_f {
+        for tt in 0..t {
+            y[tt * out_f + o] = scratch[o * t + tt];
+        }
+    }
+    y
+}
 
 /// `y[t, o] = Σ_i x[t, i] · w[o, i] (+ bias[o])`, with `x: [t, in]`, `w: [out, in]`.
 pub fn linear(
     x: &[f32],
     t: usize,
-    w: &[f32],
+    w: &Mat,
     out_f: usize,
     bias: Option<&[f32]>,
     threads: usize,
 ) -> Vec<f32> {
+    let mut y = if t <= SKINNY {
+        skinny(x, t, w, out_f)
+    } else {
+        gemm_f32(x, t, &w.to_f32(), out_f, threads)
+    };
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(out_f) {
+            for (v, bb) in row.iter_mut().zip(b) {
+                *v += *bb;
+            }
+        }
+    }
+    y
+}
+
+/// The GEMM path (prefill): `x [t, in] · wᵀ`.
+fn gemm_f32(x: &[f32], t: usize, w: &[f32], out_f: usize, threads: usize) -> Vec<f32> {
     let in_f = w.len() / out_f;
     debug_assert_eq!(x.len(), t * in_f);
     let mut y = vec![0f32; t * out_f];
@@ -51,13 +198,6 @@ pub fn linear(
             false,
             par,
         );
-    }
-    if let Some(b) = bias {
-        for row in y.chunks_exact_mut(out_f) {
-            for (v, bb) in row.iter_mut().zip(b) {
-                *v += *bb;
-            }
-        }
     }
     y
 }
@@ -171,7 +311,30 @@ mod tests {
         let x: Vec<f32> = (0..t * i).map(|v| v as f32 * 0.1).collect();
         let w: Vec<f32> = (0..o * i).map(|v| (v as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..o).map(|v| v as f32).collect();
-        let y = linear(&x, t, &w, o, Some(&b), 1);
+        let wb: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        let w16: Vec<f32> = wb.iter().map(|b| bf16(*b)).collect();
+        let y = linear(&x, t, &Mat::F32(w.clone()), o, Some(&b), 1);
+        let y16 = linear(&x, t, &Mat::Bf16(wb), o, Some(&b), 1);
+        let x20: Vec<f32> = (0..20 * i).map(|v| (v as f32 * 0.01).cos()).collect();
+        let big = linear(&x20, 20, &Mat::F32(w16.clone()), o, None, 2);
+        let big16 = linear(
+            &x20,
+            20,
+            &Mat::Bf16(w.iter().map(|v| (v.to_bits() >> 16) as u16).collect()),
+            o,
+            None,
+            2,
+        );
+        for (a, b) in big.iter().zip(&big16) {
+            assert!((a - b).abs() < 1e-5, "GEMM path, bf16 vs widened f32");
+        }
+        for tt in 0..t {
+            for oo in 0..o {
+                let want: f32 =
+                    (0..i).map(|k| x[tt * i + k] * w16[oo * i + k]).sum::<f32>() + b[oo];
+                assert!((y16[tt * o + oo] - want).abs() < 1e-5);
+            }
+        }
         for tt in 0..t {
             for oo in 0..o {
                 let want: f32 = (0..i).map(|k| x[tt * i + k] * w[oo * i + k]).sum::<f32>() + b[oo];

@@ -14,6 +14,7 @@ use memmap2::Mmap;
 use serde_json::Value;
 
 use super::config::{ModelConfig, ValidationError};
+use crate::rank::backend::cpu::Mat;
 
 /// One tensor's header entry.
 #[derive(Debug, Clone)]
@@ -313,6 +314,41 @@ impl Weights<'_> {
         let mut out = Vec::with_capacity((r1 - r0) * row);
         to_f32(&m.dtype, &b[r0 * row * es..r1 * row * es], &mut out);
         out
+    }
+
+    /// Rows `[r0, r1)` as a weight matrix: bf16 stays bf16, other dtypes become f32.
+    pub fn rows_mat(&self, name: &str, r0: usize, r1: usize) -> Mat {
+        let (m, b, es) = self.raw(name);
+        let row: usize = m.shape[1..].iter().product();
+        let bytes = &b[r0 * row * es..r1 * row * es];
+        match m.dtype.as_str() {
+            "BF16" => Mat::Bf16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            _ => Mat::F32(self.rows(name, r0, r1)),
+        }
+    }
+
+    /// Columns `[c0, c1)` as a weight matrix `[rows, c1 - c0]`.
+    pub fn cols_mat(&self, name: &str, c0: usize, c1: usize) -> Mat {
+        let (m, b, es) = self.raw(name);
+        if m.dtype != "BF16" {
+            return Mat::F32(self.cols(name, c0, c1));
+        }
+        let (rows, cols) = (m.shape[0], m.shape[1]);
+        let mut out = Vec::with_capacity(rows * (c1 - c0));
+        for r in 0..rows {
+            let base = r * cols * es;
+            out.extend(
+                b[base + c0 * es..base + c1 * es]
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
+            );
+        }
+        Mat::Bf16(out)
     }
 
     /// Columns `[c0, c1)` of a 2-D tensor, row-major f32 of shape `[rows, c1 - c0]`.

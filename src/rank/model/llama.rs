@@ -12,34 +12,34 @@ use rayon::prelude::*;
 
 use super::checkpoint::Weights;
 use super::config::{ModelConfig, stage_layers};
-use crate::rank::backend::cpu;
+use crate::rank::backend::cpu::{self, Mat};
 use crate::rank::dist::{Comm, Placement};
 use crate::rank::kv::{BlockTable, KvCache};
 
 struct Layer {
     in_norm: Vec<f32>,
     post_norm: Vec<f32>,
-    wq: Vec<f32>,
-    wk: Vec<f32>,
-    wv: Vec<f32>,
+    wq: Mat,
+    wk: Mat,
+    wv: Mat,
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
     /// `[hidden, local_heads · head_dim]`
-    wo: Vec<f32>,
+    wo: Mat,
     bo: Option<Vec<f32>>,
-    w_gate: Vec<f32>,
-    w_up: Vec<f32>,
+    w_gate: Mat,
+    w_up: Mat,
     b_gate: Option<Vec<f32>>,
     b_up: Option<Vec<f32>>,
     /// `[hidden, local_intermediate]`
-    w_down: Vec<f32>,
+    w_down: Mat,
     b_down: Option<Vec<f32>>,
 }
 
 /// A vocab slice `[v0, v1)` of an embedding or LM head, `[v1 - v0, hidden]`.
 struct VocabSlice {
-    table: Vec<f32>,
+    table: Mat,
     v0: usize,
     v1: usize,
 }
@@ -101,21 +101,21 @@ impl RankModel {
                 Layer {
                     in_norm: w.all(&n("input_layernorm.weight")),
                     post_norm: w.all(&n("post_attention_layernorm.weight")),
-                    wq: w.rows(&n("self_attn.q_proj.weight"), q0, q1),
-                    wk: w.rows(&n("self_attn.k_proj.weight"), k0, k1),
-                    wv: w.rows(&n("self_attn.v_proj.weight"), k0, k1),
+                    wq: w.rows_mat(&n("self_attn.q_proj.weight"), q0, q1),
+                    wk: w.rows_mat(&n("self_attn.k_proj.weight"), k0, k1),
+                    wv: w.rows_mat(&n("self_attn.v_proj.weight"), k0, k1),
                     bq: opt(n("self_attn.q_proj.bias"), q0, q1),
                     bk: opt(n("self_attn.k_proj.bias"), k0, k1),
                     bv: opt(n("self_attn.v_proj.bias"), k0, k1),
-                    wo: w.cols(&n("self_attn.o_proj.weight"), q0, q1),
+                    wo: w.cols_mat(&n("self_attn.o_proj.weight"), q0, q1),
                     bo: w
                         .has(&n("self_attn.o_proj.bias"))
                         .then(|| w.all(&n("self_attn.o_proj.bias"))),
-                    w_gate: w.rows(&n("mlp.gate_proj.weight"), i0, i1),
-                    w_up: w.rows(&n("mlp.up_proj.weight"), i0, i1),
+                    w_gate: w.rows_mat(&n("mlp.gate_proj.weight"), i0, i1),
+                    w_up: w.rows_mat(&n("mlp.up_proj.weight"), i0, i1),
                     b_gate: opt(n("mlp.gate_proj.bias"), i0, i1),
                     b_up: opt(n("mlp.up_proj.bias"), i0, i1),
-                    w_down: w.cols(&n("mlp.down_proj.weight"), i0, i1),
+                    w_down: w.cols_mat(&n("mlp.down_proj.weight"), i0, i1),
                     b_down: w
                         .has(&n("mlp.down_proj.bias"))
                         .then(|| w.all(&n("mlp.down_proj.bias"))),
@@ -124,7 +124,7 @@ impl RankModel {
             .collect();
         let (v0, v1) = vocab_range(cfg.vocab_size, tp, tr);
         let embed = place.first_stage().then(|| VocabSlice {
-            table: w.rows("model.embed_tokens.weight", v0, v1),
+            table: Mat::F32(w.rows("model.embed_tokens.weight", v0, v1)),
             v0,
             v1,
         });
@@ -134,7 +134,7 @@ impl RankModel {
             "model.embed_tokens.weight"
         };
         let lm_head = place.last_stage().then(|| VocabSlice {
-            table: w.rows(lm_name, v0, v1),
+            table: w.rows_mat(lm_name, v0, v1),
             v0,
             v1,
         });
@@ -157,25 +157,21 @@ impl RankModel {
         }
     }
 
-    /// Bytes of weights this rank holds (f32).
+    /// Bytes of weights this rank holds.
     pub fn weight_bytes(&self) -> usize {
         let l: usize = self
             .weights
             .iter()
             .map(|l| {
-                l.wq.len()
-                    + l.wk.len()
-                    + l.wv.len()
-                    + l.wo.len()
-                    + l.w_gate.len()
-                    + l.w_up.len()
-                    + l.w_down.len()
-                    + l.in_norm.len() * 2
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.bytes())
+                    .sum::<usize>()
+                    + 8 * l.in_norm.len()
             })
             .sum();
-        4 * (l
-            + self.embed.as_ref().map_or(0, |e| e.table.len())
-            + self.lm_head.as_ref().map_or(0, |e| e.table.len()))
+        l + self.embed.as_ref().map_or(0, |e| e.table.bytes())
+            + self.lm_head.as_ref().map_or(0, |e| e.table.bytes())
     }
 
     /// KV heads this rank caches per layer.
@@ -194,12 +190,12 @@ impl RankModel {
             .embed
             .as_ref()
             .expect("first stage holds the embedding");
+        let table = e.table.to_f32();
         let mut x = vec![0f32; tokens.len() * h];
         for (t, &id) in tokens.iter().enumerate() {
             let id = id as usize;
             if (e.v0..e.v1).contains(&id) {
-                x[t * h..(t + 1) * h]
-                    .copy_from_slice(&e.table[(id - e.v0) * h..(id - e.v0 + 1) * h]);
+                x[t * h..(t + 1) * h].copy_from_slice(&table[(id - e.v0) * h..(id - e.v0 + 1) * h]);
             }
         }
         comm.all_reduce_sum(&self.place.tp_group(), &mut x)?;
