@@ -15,6 +15,34 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Flags of the HTTP server (the default mode).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to bind (all interfaces: 0.0.0.0).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port of the HTTP API (0 picks a free one).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Model name in the API (default: the --model directory's name).
+    #[arg(long = "served-model-name")]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on /v1 routes.
+    #[arg(long = "api-key", env = "RRANK_API_KEY")]
+    pub api_key: Option<String>,
+    /// Most sequences in one step.
+    #[arg(long = "max-num-seqs", default_value_t = 256)]
+    pub max_num_seqs: usize,
+    /// Token budget of one step (prefill chunk size).
+    #[arg(long = "max-num-batched-tokens", default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// KV-cache capacity in tokens on CPU (must hold one --max-model-len sequence).
+    #[arg(long = "kv-cache-tokens", default_value_t = 16384)]
+    pub kv_cache_tokens: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::RankError;
 use super::cli::{EngineArgs, GenerateArgs};
 use super::engine::sampler::{Rng, SamplingParams, sample};
-use super::kv::{BlockTable, KvCache};
+use super::kv::{BlockAllocator, BlockTable, KvCache};
 use super::model::llama::{RankModel, SeqChunk};
 use super::startup::{self, Startup};
 
@@ -77,8 +77,9 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         model.kv_heads(),
         cfg.head_dim,
     );
+    let mut alloc = BlockAllocator::new(blocks, engine.block_size);
     let mut table = BlockTable::default();
-    kv.reserve(&mut table, prompt.len() + args.max_tokens);
+    alloc.reserve(&mut table, prompt.len() + args.max_tokens);
 
     let params = SamplingParams {
         temperature: args.temperature,
@@ -182,7 +183,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
             &out,
         )?;
     }
-    kv.release(&mut table);
+    alloc.release(&mut table);
     Ok(())
 }
 

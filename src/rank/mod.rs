@@ -16,6 +16,7 @@ pub mod engine;
 pub mod generate;
 pub mod kv;
 pub mod model;
+pub mod serve;
 pub mod startup;
 pub mod tokenizer;
 
@@ -52,9 +53,6 @@ impl RankError {
 pub fn run(cli: cli::Cli) -> Result<(), RankError> {
     match &cli.command {
         Some(cli::Command::Generate(g)) => generate::run(&cli.engine, g),
-        None => Err(RankError::Invalid(
-            "the HTTP server is not built yet; use `rrank generate --model DIR --prompt TEXT`"
-                .into(),
-        )),
+        None => serve::run(&cli.engine, &cli.serve),
     }
 }

@@ -148,11 +148,15 @@ pub fn linear(
     bias: Option<&[f32]>,
     threads: usize,
 ) -> Vec<f32> {
-    let mut y = if t <= SKINNY {
-        skinny(x, t, w, out_f)
-    } else {
-        gemm_f32(x, t, &w.to_f32(), out_f, threads)
-    };
+    // Every output element is one dot product in a fixed order, whatever the number
+    // of rows: results never depend on what else is in the batch. Rows go through in
+    // blocks of SKINNY, each block streaming the weights once.
+    let _ = threads;
+    let in_f = w.len() / out_f;
+    let mut y = Vec::with_capacity(t * out_f);
+    for xs in x.chunks(SKINNY * in_f) {
+        y.extend(skinny(xs, xs.len() / in_f, w, out_f));
+    }
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(out_f) {
             for (v, bb) in row.iter_mut().zip(b) {

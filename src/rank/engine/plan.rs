@@ -1,0 +1,66 @@
+//! The StepPlan: everything every rank must execute for one step, decided by rank 0's
+//! scheduler and broadcast over the `Comm`. Non-zero ranks keep no scheduler state:
+//! block tables, positions and sampling parameters all travel in the plan.
+
+use serde::{Deserialize, Serialize};
+
+use super::sampler::SamplingParams;
+
+/// One sequence's part of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSeq {
+    pub id: u64,
+    /// Tokens to feed (a prefill chunk, or the last sampled token).
+    pub tokens: Vec<u32>,
+    /// Position of `tokens[0]`.
+    pub start: usize,
+    /// The sequence's cache blocks.
+    pub blocks: Vec<usize>,
+    /// Sample a next token after this chunk (the chunk ends the known text).
+    pub sample: bool,
+    pub params: SamplingParams,
+    /// Per-request seed; with `step` (tokens generated so far) it fixes the draw.
+    pub seed: u64,
+    pub step: u32,
+}
+
+/// What the ranks do next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Plan {
+    Step(Vec<PlanSeq>),
+    Shutdown,
+}
+
+impl Plan {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("plans serialize")
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Plan, String> {
+        serde_json::from_slice(b).map_err(|e| format!("bad step plan: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let p = Plan::Step(vec![PlanSeq {
+            id: 3,
+            tokens: vec![1, 2],
+            start: 5,
+            blocks: vec![7],
+            sample: true,
+            params: SamplingParams::default(),
+            seed: 9,
+            step: 2,
+        }]);
+        assert_eq!(Plan::decode(&p.encode()).unwrap(), p);
+        assert_eq!(
+            Plan::decode(&Plan::Shutdown.encode()).unwrap(),
+            Plan::Shutdown
+        );
+    }
+}

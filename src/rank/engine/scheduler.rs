@@ -1,0 +1,330 @@
+//! Rank 0's continuous-batching scheduler. Each step it gives every active sequence
+//! its next chunk (the last sampled token, or up to the token budget of its prompt:
+//! chunked prefill), admits waiting sequences first-come first-served within
+//! `--max-num-seqs` and `--max-num-batched-tokens`, and, when KV blocks run out,
+//! preempts the newest sequence by recompute: its blocks are freed and it waits again
+//! with its generated tokens kept, so it is delayed but never lost or duplicated.
+//! After a step it appends the sampled tokens, detects stops, and streams text out.
+
+use std::collections::VecDeque;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::plan::PlanSeq;
+use super::sampler::SamplingParams;
+use crate::rank::kv::{BlockAllocator, BlockTable};
+use crate::rank::tokenizer::TextCodec;
+
+/// A generation request as the engine sees it (already tokenized and validated).
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    pub seed: u64,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// EOS (`stop_reason` None), a stop token id, or a stop string.
+    Stop(Option<StopReason>),
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Token(u32),
+    Text(String),
+}
+
+/// What a request's listener receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text (may be empty while a stop string might still match) and the token.
+    Token { text: String, token: u32 },
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+}
+
+struct Seq {
+    id: u64,
+    req: GenRequest,
+    out: Vec<u32>,
+    /// Text sent so far.
+    sent: String,
+    /// Positions whose K/V are in the cache.
+    computed: usize,
+    table: BlockTable,
+    events: UnboundedSender<Event>,
+}
+
+impl Seq {
+    fn total(&self) -> usize {
+        self.req.prompt.len() + self.out.len()
+    }
+    fn token(&self, i: usize) -> u32 {
+        if i < self.req.prompt.len() {
+            self.req.prompt[i]
+        } else {
+            self.out[i - self.req.prompt.len()]
+        }
+    }
+}
+
+/// Limits of the scheduler.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_num_seqs: usize,
+    pub max_batched_tokens: usize,
+    pub max_model_len: usize,
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub preemptions: u64,
+    pub finished: u64,
+    pub aborted: u64,
+    pub prompt_tokens: u64,
+    pub generation_tokens: u64,
+}
+
+pub struct Scheduler {
+    waiting: VecDeque<Seq>,
+    active: Vec<Seq>,
+    pub alloc: BlockAllocator,
+    limits: Limits,
+    eos: Vec<u32>,
+    next_id: u64,
+    pub counters: Counters,
+}
+
+impl Scheduler {
+    pub fn new(alloc: BlockAllocator, limits: Limits, eos: Vec<u32>) -> Scheduler {
+        Scheduler {
+            waiting: VecDeque::new(),
+            active: Vec::new(),
+            alloc,
+            limits,
+            eos,
+            next_id: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.active.is_empty()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Queues a request; events go to `events`.
+    pub fn add(&mut self, req: GenRequest, events: UnboundedSender<Event>) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.counters.prompt_tokens += req.prompt.len() as u64;
+        self.waiting.push_back(Seq {
+            id,
+            req,
+            out: vec![],
+            sent: String::new(),
+            computed: 0,
+            table: BlockTable::default(),
+            events,
+        });
+        id
+    }
+
+    /// Drops sequences whose listener went away (client disconnected), freeing their blocks.
+    pub fn reap_aborted(&mut self) {
+        let alloc = &mut self.alloc;
+        let mut n = 0;
+        for list in [&mut self.active] {
+            list.retain_mut(|s| {
+                let gone = s.events.is_closed();
+                if gone {
+                    alloc.release(&mut s.table);
+                    n += 1;
+                }
+                !gone
+            });
+        }
+        self.waiting.retain(|s| {
+            let gone = s.events.is_closed();
+            n += gone as u64;
+            !gone
+        });
+        self.counters.aborted += n;
+    }
+
+    fn preempt_last(&mut self) -> bool {
+        match self.active.pop() {
+            Some(mut s) => {
+                self.alloc.release(&mut s.table);
+                s.computed = 0;
+                self.counters.preemptions += 1;
+                self.waiting.push_front(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Decides the next step.
+    pub fn schedule(&mut self) -> Vec<PlanSeq> {
+        let mut budget = self.limits.max_batched_tokens;
+        let mut plan = Vec::new();
+        let mut i = 0;
+        // Active sequences first, oldest first; preempt from the back when blocks run out.
+        while i < self.active.len() && budget > 0 {
+            let (total, computed) = (self.active[i].total(), self.active[i].computed);
+            let chunk = (total - computed).min(budget);
+            let ok = loop {
+                let s = &mut self.active[i];
+                if self.alloc.reserve(&mut s.table, computed + chunk) {
+                    break true;
+                }
+                if self.active.len() - 1 == i {
+                    break false; // nothing newer to preempt
+                }
+                self.preempt_last();
+            };
+            if !ok {
+                // Even alone it does not fit now: wait (it keeps its blocks? no: recompute later).
+                self.preempt_last();
+                break;
+            }
+            plan.push(self.plan_seq(i, chunk));
+            budget -= chunk;
+            i += 1;
+        }
+        // Admit waiting sequences.
+        while budget > 0 && self.active.len() < self.limits.max_num_seqs {
+            let Some(mut s) = self.waiting.pop_front() else {
+                break;
+            };
+            let chunk = (s.total() - s.computed).min(budget);
+            if !self.alloc.reserve(&mut s.table, s.computed + chunk) {
+                self.alloc.release(&mut s.table);
+                self.waiting.push_front(s);
+                break;
+            }
+            self.active.push(s);
+            let idx = self.active.len() - 1;
+            plan.push(self.plan_seq(idx, chunk));
+            budget -= chunk;
+        }
+        plan
+    }
+
+    fn plan_seq(&mut self, i: usize, chunk: usize) -> PlanSeq {
+        let s = &mut self.active[i];
+        let tokens: Vec<u32> = (s.computed..s.computed + chunk)
+            .map(|p| s.token(p))
+            .collect();
+        let p = PlanSeq {
+            id: s.id,
+            tokens,
+            start: s.computed,
+            blocks: s.table.0.clone(),
+            sample: s.computed + chunk == s.total(),
+            params: s.req.params.clone(),
+            seed: s.req.seed,
+            step: s.out.len() as u32,
+        };
+        s.computed += chunk;
+        p
+    }
+
+    /// Applies a step's sampled tokens (one per `sample` entry of `plan`, in order).
+    pub fn update(&mut self, plan: &[PlanSeq], tokens: &[u32], codec: &TextCodec) {
+        let mut it = tokens.iter();
+        for p in plan.iter().filter(|p| p.sample) {
+            let Some(&tok) = it.next() else { break };
+            let Some(idx) = self.active.iter().position(|s| s.id == p.id) else {
+                continue;
+            };
+            self.counters.generation_tokens += 1;
+            let max_len = self.limits.max_model_len;
+            let s = &mut self.active[idx];
+            s.out.push(tok);
+            let mut finish = None;
+            if !s.req.ignore_eos && self.eos.contains(&tok) {
+                finish = Some(Finish::Stop(None));
+            } else if s.req.stop_token_ids.contains(&tok) {
+                finish = Some(Finish::Stop(Some(StopReason::Token(tok))));
+            }
+            // Text: decode what is not a stop token; hold back a possible stop-string prefix.
+            let visible: &[u32] = if finish.is_some() {
+                &s.out[..s.out.len() - 1]
+            } else {
+                &s.out
+            };
+            let mut text = codec.decode(visible);
+            if finish.is_none()
+                && let Some((at, stop)) = s
+                    .req
+                    .stop
+                    .iter()
+                    .filter_map(|st| text.find(st.as_str()).map(|a| (a, st.clone())))
+                    .min_by_key(|(a, _)| *a)
+            {
+                text.truncate(at);
+                finish = Some(Finish::Stop(Some(StopReason::Text(stop))));
+            }
+            if finish.is_none() && (s.out.len() >= s.req.max_tokens || s.total() >= max_len) {
+                finish = Some(Finish::Length);
+            }
+            let mut upto = text.len();
+            if finish.is_none() {
+                if text.ends_with('\u{FFFD}') {
+                    upto = text.trim_end_matches('\u{FFFD}').len(); // an incomplete UTF-8 sequence
+                }
+                let hold = s
+                    .req
+                    .stop
+                    .iter()
+                    .map(|st| st.len().saturating_sub(1))
+                    .max()
+                    .unwrap_or(0);
+                upto = upto.saturating_sub(hold).max(s.sent.len().min(upto));
+                while !text.is_char_boundary(upto) {
+                    upto -= 1;
+                }
+            }
+            let delta = if upto > s.sent.len() && text.starts_with(&s.sent) {
+                text[s.sent.len()..upto].to_string()
+            } else {
+                String::new()
+            };
+            s.sent.push_str(&delta);
+            let _ = s.events.send(Event::Token {
+                text: delta,
+                token: tok,
+            });
+            if let Some(f) = finish {
+                let mut s = self.active.remove(idx);
+                self.alloc.release(&mut s.table);
+                self.counters.finished += 1;
+                let _ = s.events.send(Event::Done {
+                    finish: f,
+                    prompt_tokens: s.req.prompt.len(),
+                    completion_tokens: s.out.len(),
+                });
+            }
+        }
+    }
+}

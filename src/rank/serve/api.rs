@@ -1,0 +1,541 @@
+//! The OpenAI/vLLM request fields and their validation (shared/spec/serving-api.md
+//! §2.2, §2.6): parse a JSON body into prompts plus generation parameters, or an
+//! [`ApiError`] with the status, type, param and vLLM's message. Unknown fields are
+//! accepted and ignored, as vLLM does.
+
+use serde_json::{Value, json};
+
+use crate::rank::engine::sampler::SamplingParams;
+use crate::rank::engine::scheduler::GenRequest;
+
+/// An error answered as `{"error": {message, type, param, code}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub kind: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>, param: Option<&str>) -> ApiError {
+        ApiError {
+            status: 400,
+            kind: "BadRequestError",
+            message: message.into(),
+            param: param.map(str::to_string),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 404,
+            kind: "NotFoundError",
+            message: message.into(),
+            param: None,
+        }
+    }
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+        }
+    }
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}})
+    }
+}
+
+/// Which endpoint a body is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Completion,
+    Chat,
+}
+
+/// A validated generation request: the prompt(s) are still to be tokenized by the caller.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub prompts: Vec<PromptIn>,
+    pub n: usize,
+    /// `None`: fill the context (chat without max_tokens).
+    pub max_tokens: Option<usize>,
+    pub params: SamplingParams,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub echo: bool,
+}
+
+/// A prompt as given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptIn {
+    Text(String),
+    Ids(Vec<u32>),
+    Messages(Value),
+}
+
+fn num(v: &Value, key: &str) -> Result<Option<f64>, ApiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(other) => Err(ApiError::bad(
+            format!("{key} must be a number, got {other}"),
+            Some(key),
+        )),
+    }
+}
+
+fn int(v: &Value, key: &str) -> Result<Option<i64>, ApiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
+        Some(Value::Number(n)) if n.is_u64() => Err(ApiError::bad(
+            format!("{key} is too large, got {n}"),
+            Some(key),
+        )),
+        Some(other) => Err(ApiError::bad(
+            format!("{key} must be an integer, got {other}"),
+            Some(key),
+        )),
+    }
+}
+
+fn boolean(v: &Value, key: &str) -> Result<bool, ApiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ApiError::bad(
+            format!("{key} must be a boolean, got {other}"),
+            Some(key),
+        )),
+    }
+}
+
+fn token_ids(a: &[Value], key: &str) -> Result<Vec<u32>, ApiError> {
+    a.iter()
+        .map(|x| {
+            x.as_u64()
+                .filter(|v| *v <= u32::MAX as u64)
+                .map(|v| v as u32)
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        format!("{key} must hold token ids (non-negative integers), got {x}"),
+                        Some(key),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Parses and validates a completions or chat body against the served model name.
+pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad(
+            "the request body must be a JSON object",
+            None,
+        ));
+    }
+    match body.get("model") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(m)) if m == served => {}
+        Some(Value::String(m)) => {
+            return Err(ApiError::not_found(format!(
+                "The model `{m}` does not exist."
+            )));
+        }
+        Some(other) => {
+            return Err(ApiError::bad(
+                format!("model must be a string, got {other}"),
+                Some("model"),
+            ));
+        }
+    }
+    let prompts = match kind {
+        Kind::Completion => match body.get("prompt") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::bad(
+                    "At least one of `prompt` or `prompt_embeds` must be set.",
+                    Some("prompt"),
+                ));
+            }
+            Some(Value::String(s)) => vec![PromptIn::Text(s.clone())],
+            Some(Value::Array(a)) if a.is_empty() => {
+                return Err(ApiError::bad("prompt must not be empty", Some("prompt")));
+            }
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+                .iter()
+                .map(|s| PromptIn::Text(s.as_str().unwrap().to_string()))
+                .collect(),
+            Some(Value::Array(a)) if a.iter().all(Value::is_number) => {
+                vec![PromptIn::Ids(token_ids(a, "prompt")?)]
+            }
+            Some(Value::Array(a)) if a.iter().all(Value::is_array) => a
+                .iter()
+                .map(|p| token_ids(p.as_array().unwrap(), "prompt").map(PromptIn::Ids))
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(ApiError::bad(
+                    format!(
+                        "prompt must be a string, a list of strings, or token ids, got {}",
+                        short(other)
+                    ),
+                    Some("prompt"),
+                ));
+            }
+        },
+        Kind::Chat => match body.get("messages") {
+            Some(Value::Array(a)) if !a.is_empty() => {
+                for m in a {
+                    let ok = m.get("role").is_some_and(Value::is_string)
+                        && m.get("content")
+                            .is_some_and(|c| c.is_string() || c.is_array() || c.is_null());
+                    if !ok {
+                        return Err(ApiError::bad(
+                            format!(
+                                "each message needs a string `role` and a `content`, got {}",
+                                short(m)
+                            ),
+                            Some("messages"),
+                        ));
+                    }
+                }
+                vec![PromptIn::Messages(Value::Array(a.clone()))]
+            }
+            _ => {
+                return Err(ApiError::bad(
+                    "messages must be a non-empty list of {role, content} objects",
+                    Some("messages"),
+                ));
+            }
+        },
+    };
+    let temperature = num(body, "temperature")?.unwrap_or(1.0);
+    if !temperature.is_finite() || temperature < 0.0 {
+        return Err(ApiError::bad(
+            format!("temperature must be non-negative, got {temperature}."),
+            Some("temperature"),
+        ));
+    }
+    if temperature > 2.0 {
+        return Err(ApiError::bad(
+            format!("temperature must be in [0, 2], got {temperature}."),
+            Some("temperature"),
+        ));
+    }
+    let top_p = num(body, "top_p")?.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad(
+            format!("top_p must be in (0, 1], got {top_p}."),
+            Some("top_p"),
+        ));
+    }
+    let top_k = int(body, "top_k")?.unwrap_or(0);
+    if top_k < -1 {
+        return Err(ApiError::bad(
+            format!("top_k must be 0 (disable), or at least 1, got {top_k}."),
+            Some("top_k"),
+        ));
+    }
+    let min_p = num(body, "min_p")?.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&min_p) {
+        return Err(ApiError::bad(
+            format!("min_p must be in [0, 1], got {min_p}."),
+            Some("min_p"),
+        ));
+    }
+    for key in ["presence_penalty", "frequency_penalty"] {
+        if let Some(p) = num(body, key)?
+            && !(-2.0..=2.0).contains(&p)
+        {
+            return Err(ApiError::bad(
+                format!("{key} must be in [-2, 2], got {p}."),
+                Some(key),
+            ));
+        }
+    }
+    let n = int(body, "n")?.unwrap_or(1);
+    if !(1..=128).contains(&n) {
+        return Err(ApiError::bad(
+            format!("n must be in [1, 128], got {n}."),
+            Some("n"),
+        ));
+    }
+    let key = if kind == Kind::Chat
+        && body
+            .get("max_completion_tokens")
+            .is_some_and(|v| !v.is_null())
+    {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let max_tokens = match int(body, key)? {
+        Some(m) if m < 1 => {
+            return Err(ApiError::bad(
+                format!("max_tokens must be at least 1, got {m}."),
+                Some(key),
+            ));
+        }
+        Some(m) => Some(m as usize),
+        None if kind == Kind::Completion => Some(16),
+        None => None,
+    };
+    let seed = match int(body, "seed")? {
+        Some(s) => Some(s as u64),
+        None => None,
+    };
+    let stop: Vec<String> = match body.get("stop") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            a.iter().map(|s| s.as_str().unwrap().to_string()).collect()
+        }
+        Some(other) => {
+            return Err(ApiError::bad(
+                format!(
+                    "stop must be a string or a list of strings, got {}",
+                    short(other)
+                ),
+                Some("stop"),
+            ));
+        }
+    };
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::bad(
+            "stop cannot contain an empty string.",
+            Some("stop"),
+        ));
+    }
+    let stop_token_ids = match body.get("stop_token_ids") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) => token_ids(a, "stop_token_ids")?,
+        Some(other) => {
+            return Err(ApiError::bad(
+                format!(
+                    "stop_token_ids must be a list of integers, got {}",
+                    short(other)
+                ),
+                Some("stop_token_ids"),
+            ));
+        }
+    };
+    let stream = boolean(body, "stream")?;
+    let include_usage = match body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(o @ Value::Object(_)) => {
+            if !stream {
+                return Err(ApiError::bad(
+                    "Stream options can only be defined when `stream=True`.",
+                    Some("stream_options"),
+                ));
+            }
+            boolean(o, "include_usage")?
+        }
+        Some(other) => {
+            return Err(ApiError::bad(
+                format!("stream_options must be an object, got {}", short(other)),
+                Some("stream_options"),
+            ));
+        }
+    };
+    for key in [
+        "logprobs",
+        "top_logprobs",
+        "prompt_logprobs",
+        "logit_bias",
+        "suffix",
+    ] {
+        let v = body.get(key);
+        let used = match v {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Number(n)) => {
+                n.as_f64() != Some(0.0) || key == "logprobs" && kind == Kind::Completion
+            }
+            Some(_) => true,
+        };
+        if used {
+            return Err(ApiError::bad(
+                format!("`{key}` is not supported by this server yet"),
+                Some(key),
+            ));
+        }
+    }
+    if temperature == 0.0 && n > 1 {
+        return Err(ApiError::bad(
+            format!("n must be 1 when using greedy sampling, got {n}."),
+            Some("n"),
+        ));
+    }
+    Ok(Parsed {
+        prompts,
+        n: n as usize,
+        max_tokens,
+        params: SamplingParams {
+            temperature: temperature as f32,
+            top_p: top_p as f32,
+            top_k,
+            min_p: min_p as f32,
+        },
+        seed,
+        stop,
+        stop_token_ids,
+        ignore_eos: boolean(body, "ignore_eos")?,
+        stream,
+        include_usage,
+        echo: boolean(body, "echo")?,
+    })
+}
+
+/// The context-length check (vLLM's 2025-26 wording). Returns the max tokens to generate.
+pub fn fit_context(
+    prompt_len: usize,
+    max_tokens: Option<usize>,
+    max_model_len: usize,
+) -> Result<usize, ApiError> {
+    match max_tokens {
+        Some(m) if prompt_len + m > max_model_len => Err(ApiError {
+            status: 400,
+            kind: "BadRequestError",
+            message: format!(
+                "This model's maximum context length is {max_model_len} tokens. However, you requested {m} output tokens and your prompt contains at least {prompt_len} input tokens, for a total of at least {} tokens. Please reduce the length of the input prompt or the number of requested output tokens. (parameter=input_tokens, value={prompt_len})",
+                prompt_len + m
+            ),
+            param: Some("input_tokens".into()),
+        }),
+        Some(m) => Ok(m),
+        None if prompt_len >= max_model_len => Err(ApiError {
+            status: 400,
+            kind: "BadRequestError",
+            message: format!(
+                "This model's maximum context length is {max_model_len} tokens. However, your prompt contains at least {prompt_len} input tokens. Please reduce the length of the input prompt. (parameter=input_tokens, value={prompt_len})"
+            ),
+            param: Some("input_tokens".into()),
+        }),
+        None => Ok(max_model_len - prompt_len),
+    }
+}
+
+/// The engine request for one prompt and one of its `n` samples.
+pub fn gen_request(
+    p: &Parsed,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    sample_index: usize,
+) -> GenRequest {
+    let base = p
+        .seed
+        .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    GenRequest {
+        prompt,
+        params: p.params.clone(),
+        max_tokens,
+        seed: base.wrapping_add(sample_index as u64),
+        stop: p.stop.clone(),
+        stop_token_ids: p.stop_token_ids.clone(),
+        ignore_eos: p.ignore_eos,
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(80).map_or(s.len(), |(i, _)| i)]
+        )
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let p = parse(&json!({"prompt": "hi"}), Kind::Completion, "m").unwrap();
+        assert_eq!(
+            (p.max_tokens, p.n, p.params.temperature),
+            (Some(16), 1, 1.0)
+        );
+        let e = parse(
+            &json!({"prompt": "hi", "model": "x"}),
+            Kind::Completion,
+            "m",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (404, "The model `x` does not exist.")
+        );
+        let e = parse(
+            &json!({"prompt": "hi", "temperature": -1}),
+            Kind::Completion,
+            "m",
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "temperature must be non-negative, got -1.");
+        let e = parse(
+            &json!({"prompt": "hi", "temperature": 0, "n": 2}),
+            Kind::Completion,
+            "m",
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .starts_with("n must be 1 when using greedy sampling")
+        );
+        let e = parse(
+            &json!({"prompt": "hi", "stream_options": {"include_usage": true}}),
+            Kind::Completion,
+            "m",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "Stream options can only be defined when `stream=True`."
+        );
+        assert_eq!(
+            parse(&json!({"prompt": [[1, 2], [3]]}), Kind::Completion, "m")
+                .unwrap()
+                .prompts
+                .len(),
+            2
+        );
+        assert!(parse(&json!({"messages": []}), Kind::Chat, "m").is_err());
+        assert_eq!(
+            parse(
+                &json!({"messages": [{"role": "user", "content": "x"}]}),
+                Kind::Chat,
+                "m"
+            )
+            .unwrap()
+            .max_tokens,
+            None
+        );
+        assert_eq!(
+            parse(
+                &json!({"prompt": "x", "unknown_field": 3}),
+                Kind::Completion,
+                "m"
+            )
+            .unwrap()
+            .n,
+            1
+        );
+    }
+
+    #[test]
+    fn context_length_message() {
+        let e = fit_context(10, Some(20), 16).unwrap_err();
+        assert!(e.message.starts_with("This model's maximum context length is 16 tokens. However, you requested 20 output tokens and your prompt contains at least 10 input tokens, for a total of at least 30 tokens."));
+        assert_eq!(fit_context(10, None, 16).unwrap(), 6);
+    }
+}

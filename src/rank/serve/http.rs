@@ -1,0 +1,582 @@
+//! Rank 0's HTTP front (hyper 1, HTTP/1.1, a small tokio runtime on its own thread):
+//! OpenAI `/v1/completions`, `/v1/chat/completions` (JSON or SSE), `/v1/models`,
+//! `/health`, `/version`, `/tokenize`, `/detokenize`, `/metrics`. Requests are
+//! tokenized here and handed to the engine thread; a client that goes away drops its
+//! event channel, and the engine frees that sequence's blocks.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::api::{self, ApiError, Kind, PromptIn};
+use crate::rank::engine::scheduler::{Event, Finish, StopReason};
+use crate::rank::engine::{Stats, Submit};
+use crate::rank::tokenizer::TextCodec;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 16 << 20;
+
+/// What every handler shares.
+pub struct AppState {
+    pub codec: Arc<TextCodec>,
+    pub submit: Mutex<std::sync::mpsc::Sender<Submit>>,
+    pub served: String,
+    pub max_model_len: usize,
+    pub vocab: usize,
+    pub api_key: Option<String>,
+    pub stats: Arc<Mutex<Stats>>,
+    pub stopping: Arc<AtomicBool>,
+    pub created: u64,
+    /// Extra gauge lines for /metrics (per-rank memory).
+    pub gauges: Vec<String>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn full(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(body.into()).boxed())
+        .unwrap()
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Response<Body> {
+    full(status, "application/json", v.to_string())
+}
+
+fn error(e: &ApiError) -> Response<Body> {
+    json_resp(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+        &e.body(),
+    )
+}
+
+/// Binds `host:port` and serves on a background thread until the process ends.
+pub fn spawn(state: Arc<AppState>, host: &str, port: u16) -> Result<SocketAddr, String> {
+    let listener = std::net::TcpListener::bind((host, port))
+        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("rrank-http".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((sock, _)) = listener.accept().await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let st = state.clone();
+                    tokio::spawn(async move {
+                        let io = hyper_util::rt::TokioIo::new(sock);
+                        let svc = hyper::service::service_fn(move |req| {
+                            let st = st.clone();
+                            async move { Ok::<_, Infallible>(route(req, st).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(Duration::from_secs(10))
+                            .serve_connection(io, svc)
+                            .await;
+                    });
+                }
+            })
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(addr)
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let ctype = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::new(
+                413,
+                "RequestTooLarge",
+                format!("request body larger than {MAX_BODY} bytes"),
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::bad(
+                format!("cannot read the request body: {e}"),
+                None,
+            ));
+        }
+    };
+    if !ctype.is_empty() && !ctype.starts_with("application/json") {
+        return Err(ApiError::bad(
+            "Unsupported Media Type: Only 'application/json' is allowed",
+            None,
+        ));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("Invalid JSON body: {e}"), None))
+}
+
+async fn route(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/v1")
+        && req.method() != Method::OPTIONS
+        && let Some(key) = &st.api_key
+    {
+        let ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            == Some(&format!("Bearer {key}"));
+        if !ok {
+            return json_resp(StatusCode::UNAUTHORIZED, &json!({"error": "Unauthorized"}));
+        }
+    }
+    let method = req.method().clone();
+    let result = match (method.as_str(), path.as_str()) {
+        ("GET", "/health") => {
+            return if st.stopping.load(Ordering::SeqCst) {
+                full(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "")
+            } else {
+                full(StatusCode::OK, "text/plain", "")
+            };
+        }
+        ("GET", "/version") => Ok(json_resp(
+            StatusCode::OK,
+            &json!({"version": env!("CARGO_PKG_VERSION")}),
+        )),
+        ("GET", "/v1/models") => Ok(json_resp(
+            StatusCode::OK,
+            &json!({"object": "list", "data": [{"id": st.served, "object": "model", "created": st.created, "owned_by": "rrun",
+                     "root": st.served, "parent": null, "max_model_len": st.max_model_len, "permission": []}]}),
+        )),
+        ("GET", "/metrics") => Ok(full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics(&st),
+        )),
+        ("POST", "/tokenize") => match read_json(req).await {
+            Ok(b) => tokenize(&st, &b),
+            Err(e) => Err(e),
+        },
+        ("POST", "/detokenize") => match read_json(req).await {
+            Ok(b) => detokenize(&st, &b),
+            Err(e) => Err(e),
+        },
+        ("POST", "/v1/completions") => match read_json(req).await {
+            Ok(b) => generate(st.clone(), b, Kind::Completion).await,
+            Err(e) => Err(e),
+        },
+        ("POST", "/v1/chat/completions") => match read_json(req).await {
+            Ok(b) => generate(st.clone(), b, Kind::Chat).await,
+            Err(e) => Err(e),
+        },
+        (
+            _,
+            "/health"
+            | "/version"
+            | "/v1/models"
+            | "/metrics"
+            | "/tokenize"
+            | "/detokenize"
+            | "/v1/completions"
+            | "/v1/chat/completions",
+        ) => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(ApiError::not_found(format!("no route {method} {path}"))),
+    };
+    result.unwrap_or_else(|e| error(&e))
+}
+
+fn metrics(st: &AppState) -> String {
+    let s = st.stats.lock().unwrap().clone();
+    let name = &st.served;
+    let usage = if s.kv_blocks_total == 0 {
+        0.0
+    } else {
+        1.0 - s.kv_blocks_free as f64 / s.kv_blocks_total as f64
+    };
+    let mut out = String::new();
+    let mut g = |kind: &str, metric: &str, help: &str, v: String| {
+        out.push_str(&format!("# HELP rrun:{metric} {help}\n# TYPE rrun:{metric} {kind}\nrrun:{metric}{{model_name=\"{name}\"}} {v}\n"));
+    };
+    g(
+        "gauge",
+        "num_requests_running",
+        "Requests in the running batch.",
+        s.running.to_string(),
+    );
+    g(
+        "gauge",
+        "num_requests_waiting",
+        "Requests waiting to be scheduled.",
+        s.waiting.to_string(),
+    );
+    g(
+        "gauge",
+        "kv_cache_usage_perc",
+        "Fraction of KV-cache blocks in use.",
+        format!("{usage:.6}"),
+    );
+    g(
+        "gauge",
+        "kv_cache_blocks_free",
+        "Free KV-cache blocks.",
+        s.kv_blocks_free.to_string(),
+    );
+    g(
+        "gauge",
+        "kv_cache_blocks_total",
+        "All KV-cache blocks.",
+        s.kv_blocks_total.to_string(),
+    );
+    g(
+        "counter",
+        "num_preemptions_total",
+        "Sequences preempted (recomputed later).",
+        s.counters.preemptions.to_string(),
+    );
+    g(
+        "counter",
+        "request_success_total",
+        "Requests finished.",
+        s.counters.finished.to_string(),
+    );
+    g(
+        "counter",
+        "request_aborted_total",
+        "Requests aborted by their client.",
+        s.counters.aborted.to_string(),
+    );
+    g(
+        "counter",
+        "prompt_tokens_total",
+        "Prompt tokens received.",
+        s.counters.prompt_tokens.to_string(),
+    );
+    g(
+        "counter",
+        "generation_tokens_total",
+        "Tokens generated.",
+        s.counters.generation_tokens.to_string(),
+    );
+    for line in &st.gauges {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn prompt_ids(st: &AppState, p: &PromptIn, add_special: bool) -> Result<Vec<u32>, ApiError> {
+    let ids = match p {
+        PromptIn::Ids(ids) => ids.clone(),
+        PromptIn::Text(t) => st.codec.encode(t, add_special).map_err(|e| {
+            ApiError::bad(format!("cannot tokenize the prompt: {e}"), Some("prompt"))
+        })?,
+        PromptIn::Messages(m) => {
+            let text = st
+                .codec
+                .apply_chat_template(m)
+                .map_err(|e| ApiError::bad(e, Some("messages")))?;
+            st.codec.encode(&text, false).map_err(|e| {
+                ApiError::bad(
+                    format!("cannot tokenize the messages: {e}"),
+                    Some("messages"),
+                )
+            })?
+        }
+    };
+    if ids.is_empty() {
+        return Err(ApiError::bad("the prompt is empty", Some("prompt")));
+    }
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= st.vocab) {
+        return Err(ApiError::bad(
+            format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                st.vocab
+            ),
+            Some("prompt"),
+        ));
+    }
+    Ok(ids)
+}
+
+fn tokenize(st: &AppState, b: &Value) -> Result<Response<Body>, ApiError> {
+    let add = b.get("add_special_tokens").and_then(Value::as_bool);
+    let (p, add) = match (b.get("prompt"), b.get("messages")) {
+        (Some(Value::String(s)), _) => (PromptIn::Text(s.clone()), add.unwrap_or(true)),
+        (_, Some(m @ Value::Array(_))) => (PromptIn::Messages(m.clone()), add.unwrap_or(false)),
+        _ => {
+            return Err(ApiError::bad(
+                "give `prompt` (a string) or `messages`",
+                Some("prompt"),
+            ));
+        }
+    };
+    let ids = prompt_ids(st, &p, add)?;
+    Ok(json_resp(
+        StatusCode::OK,
+        &json!({"count": ids.len(), "max_model_len": st.max_model_len, "tokens": ids}),
+    ))
+}
+
+fn detokenize(st: &AppState, b: &Value) -> Result<Response<Body>, ApiError> {
+    let ids = match b.get("tokens") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .filter(|v| (*v as usize) < st.vocab)
+                    .map(|v| v as u32)
+            })
+            .collect::<Option<Vec<u32>>>(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        ApiError::bad(
+            format!("tokens must be a list of token ids below {}", st.vocab),
+            Some("tokens"),
+        )
+    })?;
+    Ok(json_resp(
+        StatusCode::OK,
+        &json!({"prompt": st.codec.decode(&ids)}),
+    ))
+}
+
+fn finish_fields(f: &Finish) -> (&'static str, Value) {
+    match f {
+        Finish::Length => ("length", Value::Null),
+        Finish::Stop(None) => ("stop", Value::Null),
+        Finish::Stop(Some(StopReason::Token(t))) => ("stop", json!(t)),
+        Finish::Stop(Some(StopReason::Text(s))) => ("stop", json!(s)),
+    }
+}
+
+async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response<Body>, ApiError> {
+    let p = api::parse(&body, kind, &st.served)?;
+    if st.stopping.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the server is shutting down",
+        ));
+    }
+    let mut seqs = Vec::new(); // (choice index, prompt len, echo text, receiver)
+    let mut plans = Vec::new();
+    for (i, prompt) in p.prompts.iter().enumerate() {
+        let ids = prompt_ids(&st, prompt, true)?;
+        let max = api::fit_context(ids.len(), p.max_tokens, st.max_model_len)?;
+        plans.push((i, ids, max));
+    }
+    for (i, ids, max) in plans {
+        let echo = if p.echo && kind == Kind::Completion {
+            st.codec.decode(&ids)
+        } else {
+            String::new()
+        };
+        for j in 0..p.n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let req = api::gen_request(&p, ids.clone(), max, j);
+            st.submit
+                .lock()
+                .unwrap()
+                .send(Submit { req, events: tx })
+                .map_err(|_| ApiError::new(503, "ServiceUnavailable", "the engine has stopped"))?;
+            seqs.push((i * p.n + j, echo.clone(), rx));
+        }
+    }
+    let id = format!(
+        "{}-{}",
+        if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        },
+        uuid::Uuid::new_v4().simple()
+    );
+    let created = now();
+    if p.stream {
+        return Ok(stream(st, id, created, kind, seqs, p.include_usage, p.n));
+    }
+    let mut choices = Vec::new();
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut seen_prompts = std::collections::HashSet::new();
+    for (index, echo, mut rx) in seqs {
+        let mut text = echo;
+        let mut finish = Finish::Length;
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Token { text: t, .. } => text.push_str(&t),
+                Event::Done {
+                    finish: f,
+                    prompt_tokens: pt,
+                    completion_tokens: ct,
+                } => {
+                    finish = f;
+                    if seen_prompts.insert(index / p.n) {
+                        prompt_tokens += pt;
+                    }
+                    completion_tokens += ct;
+                    break;
+                }
+            }
+        }
+        let (reason, stop_reason) = finish_fields(&finish);
+        choices.push(match kind {
+            Kind::Completion => json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason, "stop_reason": stop_reason}),
+            Kind::Chat => json!({"index": index, "message": {"role": "assistant", "content": text, "tool_calls": []},
+                                 "logprobs": null, "finish_reason": reason, "stop_reason": stop_reason}),
+        });
+    }
+    let object = if kind == Kind::Chat {
+        "chat.completion"
+    } else {
+        "text_completion"
+    };
+    Ok(json_resp(
+        StatusCode::OK,
+        &json!({"id": id, "object": object, "created": created, "model": st.served, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+                "system_fingerprint": null}),
+    ))
+}
+
+fn stream(
+    st: Arc<AppState>,
+    id: String,
+    created: u64,
+    kind: Kind,
+    seqs: Vec<(usize, String, mpsc::UnboundedReceiver<Event>)>,
+    include_usage: bool,
+    n: usize,
+) -> Response<Body> {
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
+    let object = if kind == Kind::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let model = st.served.clone();
+    let n_per_prompt = seqs.len();
+    tokio::spawn(async move {
+        // Merge every choice's events, tagged with its index.
+        let (merged_tx, mut merged) = mpsc::unbounded_channel::<(usize, Event)>();
+        let mut first = Vec::new();
+        for (index, echo, mut rx) in seqs {
+            first.push((index, echo));
+            let tx = merged_tx.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    if tx.send((index, ev)).is_err() {
+                        break; // the client left: dropping rx aborts the sequence
+                    }
+                }
+            });
+        }
+        drop(merged_tx);
+        let chunk = |choices: Value| -> Bytes {
+            let v = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
+            Bytes::from(format!("data: {v}\n\n"))
+        };
+        for (index, echo) in &first {
+            let c = match kind {
+                Kind::Chat => {
+                    json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}])
+                }
+                Kind::Completion if !echo.is_empty() => {
+                    json!([{"index": index, "text": echo, "logprobs": null, "finish_reason": null}])
+                }
+                Kind::Completion => continue,
+            };
+            if out_tx.send(chunk(c)).await.is_err() {
+                return;
+            }
+        }
+        let (mut pt_total, mut ct_total, mut done) = (0usize, 0usize, 0usize);
+        let mut counted = std::collections::HashSet::new();
+        while let Some((index, ev)) = merged.recv().await {
+            let c = match ev {
+                Event::Token { text, .. } if text.is_empty() => continue,
+                Event::Token { text, .. } => match kind {
+                    Kind::Chat => {
+                        json!([{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null}])
+                    }
+                    Kind::Completion => {
+                        json!([{"index": index, "text": text, "logprobs": null, "finish_reason": null}])
+                    }
+                },
+                Event::Done {
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    done += 1;
+                    if counted.insert(index / n) {
+                        pt_total += prompt_tokens;
+                    }
+                    ct_total += completion_tokens;
+                    let (reason, stop_reason) = finish_fields(&finish);
+                    match kind {
+                        Kind::Chat => {
+                            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason, "stop_reason": stop_reason}])
+                        }
+                        Kind::Completion => {
+                            json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason, "stop_reason": stop_reason}])
+                        }
+                    }
+                }
+            };
+            if out_tx.send(chunk(c)).await.is_err() {
+                return;
+            }
+            if done == n_per_prompt {
+                break;
+            }
+        }
+        if include_usage {
+            let v = json!({"id": id, "object": object, "created": created, "model": model, "choices": [],
+                           "usage": {"prompt_tokens": pt_total, "completion_tokens": ct_total, "total_tokens": pt_total + ct_total}});
+            let _ = out_tx.send(Bytes::from(format!("data: {v}\n\n"))).await;
+        }
+        let _ = out_tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    let s = futures_util::stream::unfold(out_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(BodyExt::boxed(StreamBody::new(s)))
+        .unwrap()
+}

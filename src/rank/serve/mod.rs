@@ -1,0 +1,129 @@
+//! `rrank` serving: every rank loads its shard and sizes its KV cache; rank 0 runs
+//! the HTTP front ([`http`], request validation in [`api`]) and the engine loop, the
+//! other ranks follow the StepPlans. SIGTERM/SIGINT on rank 0 stops new requests
+//! (503), lets the ones in flight finish, then shuts every rank down.
+
+pub mod api;
+pub mod http;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use super::RankError;
+use super::cli::{EngineArgs, ServeArgs};
+use super::engine::executor::Executor;
+use super::engine::scheduler::{Limits, Scheduler};
+use super::engine::{Engine, Stats};
+use super::kv::{BlockAllocator, KvCache};
+use super::startup;
+
+/// Runs the server (every rank).
+pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
+    let s = startup::prepare(engine, true)?;
+    let startup::Startup {
+        env,
+        place,
+        cfg,
+        codec,
+        mut comm,
+        ..
+    } = s;
+    let max_model_len = startup::max_model_len(engine, &cfg);
+    let bs = engine.block_size;
+    let blocks = serve.kv_cache_tokens.div_ceil(bs);
+    if blocks * bs < max_model_len {
+        return Err(RankError::Invalid(format!(
+            "--kv-cache-tokens {} cannot hold one --max-model-len {max_model_len} sequence; raise --kv-cache-tokens or lower --max-model-len",
+            serve.kv_cache_tokens
+        )));
+    }
+    if serve.max_num_seqs == 0 || serve.max_num_batched_tokens == 0 {
+        return Err(RankError::Invalid(
+            "--max-num-seqs and --max-num-batched-tokens must be at least 1".into(),
+        ));
+    }
+    // Every rank stops on the signal only through rank 0's Shutdown plan.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let model = startup::load_model(engine, &cfg, place, env.local_world_size)?;
+    let kv = KvCache::new(
+        model.num_local_layers(),
+        blocks,
+        bs,
+        model.kv_heads(),
+        cfg.head_dim,
+    );
+    let kv_bytes =
+        KvCache::block_bytes(model.num_local_layers(), bs, model.kv_heads(), cfg.head_dim) * blocks;
+    let weight_bytes = model.weight_bytes();
+    eprintln!(
+        "rrank: rank {} [tp {}/{} pp {}/{}] cpu: weights {:.1} MiB, KV cache {:.1} MiB = {} tokens",
+        env.rank,
+        place.tp_rank(),
+        place.tp,
+        place.pp_rank(),
+        place.pp,
+        weight_bytes as f64 / 1048576.0,
+        kv_bytes as f64 / 1048576.0,
+        blocks * bs
+    );
+    let mut exec = Executor { model, kv };
+    if env.rank != 0 {
+        return exec.follow(comm.as_mut()).map_err(RankError::Runtime);
+    }
+    let codec = Arc::new(codec.expect("tokenizer loaded for serving"));
+    let served = serve.served_model_name.clone().unwrap_or_else(|| {
+        engine
+            .model
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let state = Arc::new(http::AppState {
+        codec: codec.clone(),
+        submit: Mutex::new(tx),
+        served: served.clone(),
+        max_model_len,
+        vocab: cfg.vocab_size,
+        api_key: serve.api_key.clone(),
+        stats: stats.clone(),
+        stopping: stop.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        gauges: vec![
+            format!("rrun:rank_weight_bytes{{rank=\"0\"}} {weight_bytes}"),
+            format!("rrun:rank_kv_cache_bytes{{rank=\"0\"}} {kv_bytes}"),
+            format!("rrun:rank_kv_cache_tokens{{rank=\"0\"}} {}", blocks * bs),
+        ],
+    });
+    let addr = http::spawn(state, &serve.host, serve.port).map_err(RankError::Runtime)?;
+    eprintln!(
+        "rrank: serving {served} on http://{addr} (max_model_len {max_model_len}, {} ranks)",
+        env.world_size
+    );
+    let eos = cfg.eos_token_ids.clone();
+    let mut eng = Engine {
+        exec,
+        sched: Scheduler::new(
+            BlockAllocator::new(blocks, bs),
+            Limits {
+                max_num_seqs: serve.max_num_seqs,
+                max_batched_tokens: serve.max_num_batched_tokens,
+                max_model_len,
+            },
+            eos,
+        ),
+        codec,
+    };
+    eng.run(comm.as_mut(), rx, stop, stats)
+        .map_err(RankError::Runtime)?;
+    eprintln!("rrank: shut down");
+    Ok(())
+}
