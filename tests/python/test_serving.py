@@ -1,0 +1,219 @@
+"""rrank's HTTP API with the official `openai` client, on the tiny llama test model
+(TP=1 and TP=2 under rrun), plus batching invariance, overload with preemption,
+client disconnects and malformed requests."""
+import concurrent.futures as cf
+import http.client
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from conftest import ROOT, RRUN, base_env, free_port
+
+DATA = ROOT / "tests" / "data"
+RRANK = str(Path(RRUN).parent / "rrank")
+
+
+class Server:
+    def __init__(self, model, n=1, extra=(), env=None):
+        self.port = free_port()
+        args = [RRANK, "--model", str(model), "--port", str(self.port), "--served-model-name", "tiny", *map(str, extra)]
+        self.p = subprocess.Popen([RRUN, "--standalone", "--nproc-per-node", str(n), "--tee", "3", *args],
+                                  env=env or base_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(self.url + "/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            self.stop()
+            raise AssertionError("server did not come up: " + self.p.stdout.read())
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+    def metrics(self):
+        text = urllib.request.urlopen(self.url + "/metrics").read().decode()
+        return {m.group(1): float(m.group(2)) for m in re.finditer(r"^rrun:(\w+)\{[^}]*\} (\S+)$", text, re.M)}
+
+    def stop(self):
+        self.p.terminate()
+        out, _ = self.p.communicate(timeout=60)
+        return out
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["tp1", "tp2"])
+def server(request):
+    tp = request.param
+    s = Server(DATA / "llama", n=tp, extra=["-tp", tp, "--kv-cache-tokens", 4096])
+    yield s
+    out = s.stop()
+    # rrun exits 1 on SIGTERM, as torchrun does; every rank shut down cleanly.
+    assert out.count("rrank: shut down") == 1, out
+    assert "exitcode" not in out, out
+
+
+def test_models_and_health(server):
+    models = server.client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+
+
+def test_completion_matches_offline_greedy(server):
+    ref = json.loads((DATA / "llama" / "reference.json").read_text())
+    r = server.client.completions.create(model="tiny", prompt=ref["prompt_ids"], max_tokens=32, temperature=0,
+                                         extra_body={"ignore_eos": True})
+    tok = json.loads(urllib.request.urlopen(urllib.request.Request(
+        server.url + "/tokenize", data=json.dumps({"prompt": r.choices[0].text, "add_special_tokens": False}).encode(),
+        headers={"content-type": "application/json"})).read())
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 32 and r.usage.prompt_tokens == len(ref["prompt_ids"])
+    # The served text re-tokenizes to the reference's greedy tokens' text.
+    detok = json.loads(urllib.request.urlopen(urllib.request.Request(
+        server.url + "/detokenize", data=json.dumps({"tokens": ref["greedy"]}).encode(),
+        headers={"content-type": "application/json"})).read())
+    assert r.choices[0].text == detok["prompt"]
+    assert tok["count"] >= 1
+
+
+def test_chat_stream_and_not(server):
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    full = server.client.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0)
+    parts = []
+    usage = None
+    for chunk in server.client.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0,
+                                                       stream=True, stream_options={"include_usage": True}):
+        if chunk.usage:
+            usage = chunk.usage
+        for c in chunk.choices:
+            parts.append(c.delta.content or "")
+    assert "".join(parts) == full.choices[0].message.content
+    assert full.choices[0].message.role == "assistant"
+    assert usage.completion_tokens == full.usage.completion_tokens == 12
+
+
+def test_completion_stream_n2_seed_and_stop(server):
+    kw = dict(model="tiny", prompt="The capital of", max_tokens=10, temperature=1.0, seed=1234, n=2)
+    a = server.client.completions.create(**kw)
+    b = server.client.completions.create(**kw)
+    assert len(a.choices) == 2
+    assert [c.text for c in a.choices] == [c.text for c in b.choices], "same seed, same text"
+    streamed = {}
+    for chunk in server.client.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] = streamed.get(c.index, "") + c.text
+    assert streamed == {c.index: c.text for c in a.choices}
+    text = a.choices[0].text
+    if len(text) > 3:
+        stop = text[2:4]
+        s = server.client.completions.create(**{**kw, "n": 1}, stop=[stop])
+        assert stop not in s.choices[0].text and s.choices[0].finish_reason == "stop"
+
+
+def test_errors(server):
+    c = server.client
+    with pytest.raises(openai.NotFoundError) as e:
+        c.completions.create(model="nope", prompt="x", max_tokens=2)
+    assert "The model `nope` does not exist." in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=-1)
+    assert "temperature must be non-negative" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="tiny", prompt="x", max_tokens=5000)
+    assert "This model's maximum context length is" in str(e.value)
+    with pytest.raises(openai.BadRequestError):
+        c.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=0, n=2)
+
+
+def test_batching_invariance_64_concurrent(server):
+    prompts = [[(7 * i + j) % 250 + 4 for j in range(3 + (i * 5) % 40)] for i in range(64)]
+    def one(p):
+        return server.client.completions.create(model="tiny", prompt=p, max_tokens=12, temperature=0,
+                                                extra_body={"ignore_eos": True}).choices[0].text
+    alone = [one(p) for p in prompts[:8]]
+    with cf.ThreadPoolExecutor(64) as ex:
+        together = list(ex.map(one, prompts))
+    assert together[:8] == alone
+    again = [one(p) for p in prompts[8:16]]
+    assert together[8:16] == again
+
+
+def raw_request(port, data, headers=None):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_malformed_requests_get_4xx(server):
+    bodies = [b"{", b"[]", b"null", b'{"prompt": 5}', b'{"prompt": "x", "max_tokens": -1}', b'{"prompt": "x", "max_tokens": 1e99}',
+              b'{"prompt": "x", "n": "two"}', b'{"prompt": "x", "stop": [""]}', b'{"prompt": [999999]}', b"\xff\xfe",
+              b'{"messages": "hi"}', b'{"prompt": "x", "top_p": 0}', b'{"prompt": "x", "stream_options": {}}', b'{"prompt": []}']
+    statuses = []
+    for i in range(200):
+        body = bodies[i % len(bodies)]
+        path = "/v1/chat/completions" if i % 3 == 0 else "/v1/completions"
+        req = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+               f"Connection: close\r\n\r\n").encode() + body
+        resp = raw_request(server.port, req)
+        status = int(resp.split(b" ", 2)[1])
+        statuses.append(status)
+        assert 400 <= status < 500, (body, resp[:300])
+        assert b'"error"' in resp
+    big = b'{"prompt": "' + b"a" * (17 << 20) + b'"}'
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/completions", body=big, headers={"Content-Type": "application/json"})
+        assert conn.getresponse().status == 413
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may close before reading the whole body
+    assert urllib.request.urlopen(server.url + "/health").status == 200
+
+
+def test_disconnected_streams_free_their_blocks(server):
+    free_before = server.metrics()["kv_cache_blocks_free"]
+    body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 200, "temperature": 0, "stream": True,
+                       "extra": 1, "ignore_eos": True}).encode()
+    socks = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        s.recv(1024)  # headers (and maybe a chunk): the stream started
+        socks.append(s)
+    for s in socks:
+        s.close()
+    for _ in range(100):
+        m = server.metrics()
+        if m["num_requests_running"] == 0 and m["kv_cache_blocks_free"] == free_before:
+            break
+        time.sleep(0.1)
+    assert m["kv_cache_blocks_free"] == free_before, m
+    assert m["request_aborted_total"] >= 20
+    assert urllib.request.urlopen(server.url + "/health").status == 200
+
+
+def test_overload_preempts_and_loses_nothing():
+    # 8 blocks of 16 tokens = 128 cache tokens; 16 requests x ~60 tokens need ~7x that.
+    s = Server(DATA / "llama", extra=["--kv-cache-tokens", 128, "--max-model-len", 128])
+    try:
+        prompts = [[(3 * i + j) % 250 + 4 for j in range(10 + i)] for i in range(16)]
+        def one(p):
+            return s.client.completions.create(model="tiny", prompt=p, max_tokens=48, temperature=0,
+                                               extra_body={"ignore_eos": True}).choices[0]
+        alone = one(prompts[3]).text
+        with cf.ThreadPoolExecutor(16) as ex:
+            res = list(ex.map(one, prompts))
+        assert all(r.finish_reason == "length" for r in res)
+        assert res[3].text == alone, "a preempted, recomputed request returns the same text"
+        m = s.metrics()
+        assert m["num_preemptions_total"] > 0, m
+        assert m["request_success_total"] == 17
+    finally:
+        s.stop()
