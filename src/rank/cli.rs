@@ -40,6 +40,15 @@ pub struct ServeArgs {
     /// Token budget of one step (prefill chunk size).
     #[arg(long = "max-num-batched-tokens", default_value_t = 2048)]
     pub max_num_batched_tokens: usize,
+    /// Reuse the KV blocks of common prompt prefixes across requests (on by default).
+    #[arg(
+        long = "enable-prefix-caching",
+        overrides_with = "no_enable_prefix_caching"
+    )]
+    pub enable_prefix_caching: bool,
+    /// Turn prefix caching off.
+    #[arg(long = "no-enable-prefix-caching")]
+    pub no_enable_prefix_caching: bool,
     /// KV-cache capacity in tokens on CPU (must hold one --max-model-len sequence).
     #[arg(long = "kv-cache-tokens", default_value_t = 16384)]
     pub kv_cache_tokens: usize,

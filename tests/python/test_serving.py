@@ -48,10 +48,12 @@ class Server:
         return out
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["tp1", "tp2"])
+@pytest.fixture(scope="module", params=[("-tp", 1), ("-tp", 2), ("-pp", 2), ("--no-enable-prefix-caching",)],
+                ids=["tp1", "tp2", "pp2", "tp1-no-prefix-cache"])
 def server(request):
-    tp = request.param
-    s = Server(DATA / "llama", n=tp, extra=["-tp", tp, "--kv-cache-tokens", 4096])
+    flags = request.param
+    n = flags[1] if len(flags) == 2 else 1
+    s = Server(DATA / "llama", n=n, extra=[*flags, "--kv-cache-tokens", 4096])
     yield s
     out = s.stop()
     # rrun exits 1 on SIGTERM, as torchrun does; every rank shut down cleanly.
@@ -141,6 +143,20 @@ def test_batching_invariance_64_concurrent(server):
     assert together[:8] == alone
     again = [one(p) for p in prompts[8:16]]
     assert together[8:16] == again
+
+
+def test_prefix_cache_is_used_and_changes_nothing(server):
+    prompt = list(range(4, 4 + 70))
+    kw = dict(model="tiny", prompt=prompt, max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+    before = server.metrics()["prefix_cache_hits_total"]
+    a = server.client.completions.create(**kw).choices[0].text
+    b = server.client.completions.create(**kw).choices[0].text
+    assert a == b
+    hits = server.metrics()["prefix_cache_hits_total"] - before
+    if "no-prefix" in server.p.args[-1] or "--no-enable-prefix-caching" in server.p.args:
+        assert hits == 0
+    else:
+        assert hits >= 64, "the second request reuses the first one's full blocks"
 
 
 def raw_request(port, data, headers=None):

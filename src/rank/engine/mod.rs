@@ -34,6 +34,8 @@ pub struct Stats {
     pub waiting: usize,
     pub kv_blocks_total: usize,
     pub kv_blocks_free: usize,
+    pub prefix_cache_hits: u64,
+    pub prefix_cache_queries: u64,
     pub counters: scheduler::Counters,
 }
 
@@ -51,6 +53,8 @@ impl Engine {
             waiting: self.sched.num_waiting(),
             kv_blocks_total: self.sched.alloc.total(),
             kv_blocks_free: self.sched.alloc.free_blocks(),
+            prefix_cache_hits: self.sched.alloc.hits,
+            prefix_cache_queries: self.sched.alloc.queries,
             counters: self.sched.counters.clone(),
         }
     }

@@ -62,6 +62,8 @@ struct Seq {
     /// Positions whose K/V are in the cache.
     computed: usize,
     table: BlockTable,
+    /// Chain hashes of the full blocks registered for prefix caching.
+    hashes: Vec<u64>,
     events: UnboundedSender<Event>,
 }
 
@@ -143,6 +145,7 @@ impl Scheduler {
             sent: String::new(),
             computed: 0,
             table: BlockTable::default(),
+            hashes: vec![],
             events,
         });
         id
@@ -175,6 +178,7 @@ impl Scheduler {
             Some(mut s) => {
                 self.alloc.release(&mut s.table);
                 s.computed = 0;
+                s.hashes.clear();
                 self.counters.preemptions += 1;
                 self.waiting.push_front(s);
                 true
@@ -216,9 +220,17 @@ impl Scheduler {
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
+            if s.computed == 0 && s.table.0.is_empty() {
+                let all: Vec<u32> = (0..s.total()).map(|p| s.token(p)).collect();
+                let (hit, hashes) = self.alloc.match_prefix(&all, &mut s.table);
+                s.computed = hit;
+                s.hashes = hashes;
+            }
             let chunk = (s.total() - s.computed).min(budget);
             if !self.alloc.reserve(&mut s.table, s.computed + chunk) {
                 self.alloc.release(&mut s.table);
+                s.computed = 0;
+                s.hashes.clear();
                 self.waiting.push_front(s);
                 break;
             }
@@ -251,6 +263,13 @@ impl Scheduler {
 
     /// Applies a step's sampled tokens (one per `sample` entry of `plan`, in order).
     pub fn update(&mut self, plan: &[PlanSeq], tokens: &[u32], codec: &TextCodec) {
+        // The step's K/V are in the cache now: register newly full blocks.
+        for p in plan {
+            if let Some(s) = self.active.iter_mut().find(|s| s.id == p.id) {
+                let all: Vec<u32> = (0..s.computed).map(|i| s.token(i)).collect();
+                self.alloc.commit(&all, s.computed, &s.table, &mut s.hashes);
+            }
+        }
         let mut it = tokens.iter();
         for p in plan.iter().filter(|p| p.sample) {
             let Some(&tok) = it.next() else { break };

@@ -1,32 +1,66 @@
 //! The paged KV cache: per layer, K and V as `[num_blocks, block_size, kv_heads, head_dim]`
 //! (the layout the GPU backend uses). [`BlockAllocator`] (rank 0's scheduler) hands out
-//! blocks; every rank stores K/V at the slots the step's block tables name.
+//! blocks (and shares full blocks of common prefixes); every rank stores K/V at the
+//! slots the step's block tables name.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 
 /// A sequence's blocks, in position order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockTable(pub Vec<usize>);
 
-/// The free list of cache blocks.
+/// Cache blocks: reference counts, the free list (least recently released first), and
+/// with prefix caching the map from a full block's prefix-chain hash to the block
+/// holding it. A released block keeps its contents and hash until it is reused.
 #[derive(Debug)]
 pub struct BlockAllocator {
     block_size: usize,
-    free: Vec<usize>,
-    total: usize,
+    refs: Vec<u32>,
+    hash_of: Vec<Option<u64>>,
+    cached: HashMap<u64, usize>,
+    free: VecDeque<usize>,
+    prefix_caching: bool,
+    /// Prompt tokens served from the cache, and looked up.
+    pub hits: u64,
+    pub queries: u64,
+}
+
+/// The hash of a full block given the hash of the blocks before it.
+pub fn chain_hash(prev: u64, tokens: &[u32]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    prev.hash(&mut h);
+    tokens.hash(&mut h);
+    h.finish()
 }
 
 impl BlockAllocator {
     pub fn new(num_blocks: usize, block_size: usize) -> BlockAllocator {
+        Self::with_prefix_caching(num_blocks, block_size, false)
+    }
+
+    pub fn with_prefix_caching(
+        num_blocks: usize,
+        block_size: usize,
+        prefix_caching: bool,
+    ) -> BlockAllocator {
         BlockAllocator {
             block_size,
-            free: (0..num_blocks).rev().collect(),
-            total: num_blocks,
+            refs: vec![0; num_blocks],
+            hash_of: vec![None; num_blocks],
+            cached: HashMap::new(),
+            free: (0..num_blocks).collect(),
+            prefix_caching,
+            hits: 0,
+            queries: 0,
         }
     }
 
     pub fn total(&self) -> usize {
-        self.total
+        self.refs.len()
     }
 
+    /// Blocks no sequence holds (cached ones included: they are reusable).
     pub fn free_blocks(&self) -> usize {
         self.free.len()
     }
@@ -43,14 +77,77 @@ impl BlockAllocator {
             return false;
         }
         for _ in 0..need {
-            table.0.push(self.free.pop().unwrap());
+            let b = self.free.pop_front().unwrap();
+            if let Some(h) = self.hash_of[b].take() {
+                self.cached.remove(&h);
+            }
+            self.refs[b] = 1;
+            table.0.push(b);
         }
         true
     }
 
-    /// Returns a sequence's blocks to the free list.
+    /// Returns a sequence's blocks; unreferenced ones become free (contents kept).
     pub fn release(&mut self, table: &mut BlockTable) {
-        self.free.append(&mut table.0);
+        for b in table.0.drain(..) {
+            self.refs[b] -= 1;
+            if self.refs[b] == 0 {
+                self.free.push_back(b);
+            }
+        }
+    }
+
+    /// For a new sequence (empty table): takes the cached blocks of its longest cached
+    /// prefix of full blocks, leaving at least one token to compute. Returns the
+    /// positions already in the cache and their chain hashes.
+    pub fn match_prefix(&mut self, tokens: &[u32], table: &mut BlockTable) -> (usize, Vec<u64>) {
+        let mut hashes = Vec::new();
+        if !self.prefix_caching || tokens.is_empty() {
+            return (0, hashes);
+        }
+        let bs = self.block_size;
+        let full = (tokens.len() - 1) / bs;
+        self.queries += tokens.len() as u64;
+        let mut h = 0;
+        for k in 0..full {
+            h = chain_hash(h, &tokens[k * bs..(k + 1) * bs]);
+            let Some(&b) = self.cached.get(&h) else { break };
+            if self.refs[b] == 0 {
+                self.free.retain(|&x| x != b);
+            }
+            self.refs[b] += 1;
+            table.0.push(b);
+            hashes.push(h);
+        }
+        self.hits += (hashes.len() * bs) as u64;
+        (hashes.len() * bs, hashes)
+    }
+
+    /// Registers the full blocks of `tokens[..computed]` not yet registered.
+    pub fn commit(
+        &mut self,
+        tokens: &[u32],
+        computed: usize,
+        table: &BlockTable,
+        hashes: &mut Vec<u64>,
+    ) {
+        if !self.prefix_caching {
+            return;
+        }
+        let bs = self.block_size;
+        while (hashes.len() + 1) * bs <= computed {
+            let k = hashes.len();
+            let h = chain_hash(
+                hashes.last().copied().unwrap_or(0),
+                &tokens[k * bs..(k + 1) * bs],
+            );
+            hashes.push(h);
+            let b = table.0[k];
+            if self.hash_of[b].is_none() && !self.cached.contains_key(&h) {
+                self.cached.insert(h, b);
+                self.hash_of[b] = Some(h);
+            }
+        }
     }
 }
 
@@ -130,5 +227,34 @@ mod tests {
         assert!(u.0.is_empty());
         a.release(&mut t);
         assert_eq!(a.free_blocks(), 4);
+    }
+
+    #[test]
+    fn prefix_blocks_are_shared_then_evicted() {
+        let mut a = BlockAllocator::with_prefix_caching(4, 2, true);
+        let toks = [1, 2, 3, 4, 5];
+        let mut t = BlockTable::default();
+        assert_eq!(a.match_prefix(&toks, &mut t).0, 0);
+        assert!(a.reserve(&mut t, 5));
+        let mut hashes = vec![];
+        a.commit(&toks, 5, &t, &mut hashes);
+        assert_eq!(hashes.len(), 2);
+        let mut u = BlockTable::default();
+        let (hit, _) = a.match_prefix(&toks, &mut u);
+        assert_eq!((hit, &u.0[..]), (4, &t.0[..2]));
+        a.release(&mut t);
+        a.release(&mut u);
+        assert_eq!(a.free_blocks(), 4);
+        let mut w = BlockTable::default();
+        assert_eq!(
+            a.match_prefix(&[1, 2, 3, 4, 9], &mut w).0,
+            4,
+            "still cached after release"
+        );
+        a.release(&mut w);
+        let mut big = BlockTable::default();
+        assert!(a.reserve(&mut big, 8), "cached blocks are reusable");
+        let mut x = BlockTable::default();
+        assert_eq!(a.match_prefix(&toks, &mut x).0, 0, "evicted");
     }
 }

@@ -259,6 +259,18 @@ fn metrics(st: &AppState) -> String {
     );
     g(
         "counter",
+        "prefix_cache_hits_total",
+        "Prompt tokens served from the prefix cache.",
+        s.prefix_cache_hits.to_string(),
+    );
+    g(
+        "counter",
+        "prefix_cache_queries_total",
+        "Prompt tokens looked up in the prefix cache.",
+        s.prefix_cache_queries.to_string(),
+    );
+    g(
+        "counter",
         "num_preemptions_total",
         "Sequences preempted (recomputed later).",
         s.counters.preemptions.to_string(),

@@ -112,7 +112,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
     let mut eng = Engine {
         exec,
         sched: Scheduler::new(
-            BlockAllocator::new(blocks, bs),
+            BlockAllocator::with_prefix_caching(blocks, bs, !serve.no_enable_prefix_caching),
             Limits {
                 max_num_seqs: serve.max_num_seqs,
                 max_batched_tokens: serve.max_num_batched_tokens,
