@@ -1,13 +1,12 @@
 //! The CPU reference backend: f32 kernels that match transformers' float32 math
 //! (RMSNorm, rotate-half RoPE incl. Llama 3 scaling, SiLU·mul, softmax attention over
-//! the paged KV cache) and GEMMs through the `gemm` crate, multi-threaded with rayon.
+//! the paged KV cache) and a streaming matrix kernel, multi-threaded with rayon.
 //!
 //! Activations are row-major `[tokens, features]` slices. Weights are row-major
 //! `[out, in]` [`Mat`]s, as in the checkpoint: bf16 checkpoints stay bf16 in memory
 //! (widening bf16 to f32 is exact, so the math is the same f32 math) and decode
 //! reads half the bytes; other dtypes are converted to f32 at load.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::rank::model::config::{ModelConfig, RopeScaling};
@@ -53,16 +52,18 @@ fn bf16(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// Most token rows handled by the streaming kernel (decode steps); above it, GEMM.
-const SKINNY: usize = 8;
+/// Token rows per pass over the weights.
+const SKINNY: usize = 32;
 
+/// A dot product in a fixed order: 32 independent partial sums (enough to keep the
+/// FMA units busy), then the tail. The order never depends on other rows of a batch.
 #[inline(always)]
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0f32; 32];
+    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..32 {
             acc[i] += x[i] * y[i];
         }
     }
@@ -73,34 +74,24 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-#[inline(always)]
-fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * bf16(y[i]);
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * bf16(*y);
-    }
-    s
-}
-
-/// `y[t, o]` for a few rows of x: streams each weight row once for all t rows.
+/// `out[j·t + tt] = x[tt] · w[o0 + j]` for a block of output rows; each weight row is
+/// read (and widened from bf16) once for all t rows of x.
 #[inline(always)]
 fn skinny_rows(x: &[f32], t: usize, w: &Mat, in_f: usize, o0: usize, out: &mut [f32]) {
+    let mut wide = vec![0f32; if matches!(w, Mat::Bf16(_)) { in_f } else { 0 }];
     for j in 0..out.len() / t {
         let o = o0 + j;
+        let row: &[f32] = match w {
+            Mat::F32(v) => &v[o * in_f..(o + 1) * in_f],
+            Mat::Bf16(v) => {
+                for (d, b) in wide.iter_mut().zip(&v[o * in_f..(o + 1) * in_f]) {
+                    *d = bf16(*b);
+                }
+                &wide
+            }
+        };
         for tt in 0..t {
-            let xr = &x[tt * in_f..(tt + 1) * in_f];
-            out[j * t + tt] = match w {
-                Mat::F32(v) => dot_f32(xr, &v[o * in_f..(o + 1) * in_f]),
-                Mat::Bf16(v) => dot_bf16(xr, &v[o * in_f..(o + 1) * in_f]),
-            };
+            out[j * t + tt] = dot_f32(&x[tt * in_f..(tt + 1) * in_f], row);
         }
     }
 }
@@ -163,45 +154,6 @@ pub fn linear(
                 *v += *bb;
             }
         }
-    }
-    y
-}
-
-/// The GEMM path (prefill): `x [t, in] · wᵀ`.
-fn gemm_f32(x: &[f32], t: usize, w: &[f32], out_f: usize, threads: usize) -> Vec<f32> {
-    let in_f = w.len() / out_f;
-    debug_assert_eq!(x.len(), t * in_f);
-    let mut y = vec![0f32; t * out_f];
-    let work = t * in_f * out_f;
-    let par = if threads > 1 && work >= 1 << 16 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: pointers and strides describe the three buffers exactly:
-    // dst [t, out] row-major, lhs [t, in] row-major, rhs = wᵀ [in, out] read from w [out, in].
-    unsafe {
-        gemm::gemm(
-            t,
-            out_f,
-            in_f,
-            y.as_mut_ptr(),
-            1,
-            out_f as isize,
-            false,
-            x.as_ptr(),
-            1,
-            in_f as isize,
-            w.as_ptr(),
-            in_f as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
     }
     y
 }
@@ -330,7 +282,7 @@ mod tests {
             2,
         );
         for (a, b) in big.iter().zip(&big16) {
-            assert!((a - b).abs() < 1e-5, "GEMM path, bf16 vs widened f32");
+            assert!((a - b).abs() < 1e-5, "many rows, bf16 vs widened f32");
         }
         for tt in 0..t {
             for oo in 0..o {
