@@ -155,16 +155,14 @@ impl Scheduler {
     pub fn reap_aborted(&mut self) {
         let alloc = &mut self.alloc;
         let mut n = 0;
-        for list in [&mut self.active] {
-            list.retain_mut(|s| {
-                let gone = s.events.is_closed();
-                if gone {
-                    alloc.release(&mut s.table);
-                    n += 1;
-                }
-                !gone
-            });
-        }
+        self.active.retain_mut(|s| {
+            let gone = s.events.is_closed();
+            if gone {
+                alloc.release(&mut s.table);
+                n += 1;
+            }
+            !gone
+        });
         self.waiting.retain(|s| {
             let gone = s.events.is_closed();
             n += gone as u64;

@@ -285,10 +285,7 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
         None if kind == Kind::Completion => Some(16),
         None => None,
     };
-    let seed = match int(body, "seed")? {
-        Some(s) => Some(s as u64),
-        None => None,
-    };
+    let seed = int(body, "seed")?.map(|s| s as u64);
     let stop: Vec<String> = match body.get("stop") {
         None | Some(Value::Null) => vec![],
         Some(Value::String(s)) => vec![s.clone()],
