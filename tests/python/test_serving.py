@@ -117,6 +117,41 @@ def test_completion_stream_n2_seed_and_stop(server):
         assert stop not in s.choices[0].text and s.choices[0].finish_reason == "stop"
 
 
+def test_logprobs_completions_and_chat(server):
+    import math
+    ref = json.loads((DATA / "llama" / "reference.json").read_text())
+    r = server.client.completions.create(model="tiny", prompt=ref["prompt_ids"], max_tokens=4, temperature=0,
+                                         logprobs=3, extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    assert all(len(t) == 3 for t in lp.top_logprobs)
+    # Greedy: the chosen token is the most likely, so its logprob is the top one.
+    assert all(abs(c - max(t.values())) < 1e-6 for c, t in zip(lp.token_logprobs, lp.top_logprobs))
+    # And it matches transformers: log_softmax of the last prompt position.
+    row = ref["logits"][-1]
+    m = max(row)
+    want = row[ref["greedy"][0]] - (m + math.log(sum(math.exp(v - m) for v in row)))
+    assert abs(lp.token_logprobs[0] - want) < 1e-4
+    assert "".join(lp.tokens) == r.choices[0].text
+    msgs = [{"role": "user", "content": "Hello"}]
+    c = server.client.chat.completions.create(model="tiny", messages=msgs, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+    content = c.choices[0].logprobs.content
+    assert len(content) == 5 and all(len(e.top_logprobs) == 2 for e in content)
+    streamed = []
+    for chunk in server.client.chat.completions.create(model="tiny", messages=msgs, max_tokens=5, temperature=0,
+                                                       logprobs=True, top_logprobs=2, stream=True):
+        for ch in chunk.choices:
+            if ch.logprobs and ch.logprobs.content:
+                streamed.extend(ch.logprobs.content)
+    assert [e.logprob for e in streamed] == [e.logprob for e in content]
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client.chat.completions.create(model="tiny", messages=msgs, max_tokens=2, top_logprobs=2)
+    assert "`logprobs` must be set to true" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client.completions.create(model="tiny", prompt="x", max_tokens=2, logprobs=21)
+    assert "greater than max allowed: 20" in str(e.value)
+
+
 def test_errors(server):
     c = server.client
     with pytest.raises(openai.NotFoundError) as e:

@@ -5,7 +5,7 @@
 use std::io;
 
 use super::plan::{Plan, PlanSeq};
-use super::sampler::{Rng, sample};
+use super::sampler::{Rng, Sampled, sample_with_logprobs};
 use crate::rank::dist::Comm;
 use crate::rank::kv::{BlockTable, KvCache};
 use crate::rank::model::llama::{RankModel, SeqChunk};
@@ -22,9 +22,13 @@ pub fn step_rng(seed: u64, step: u32) -> Rng {
 }
 
 impl Executor {
-    /// Runs one step. Returns, on rank 0, the sampled token of every `sample` sequence
+    /// Runs one step. Returns, on rank 0, what was drawn for every `sample` sequence
     /// (in plan order); `None` on other ranks.
-    pub fn step(&mut self, comm: &mut dyn Comm, seqs: &[PlanSeq]) -> io::Result<Option<Vec<u32>>> {
+    pub fn step(
+        &mut self,
+        comm: &mut dyn Comm,
+        seqs: &[PlanSeq],
+    ) -> io::Result<Option<Vec<Sampled>>> {
         let tables: Vec<BlockTable> = seqs.iter().map(|s| BlockTable(s.blocks.clone())).collect();
         let chunks: Vec<SeqChunk<'_>> = seqs
             .iter()
@@ -37,27 +41,25 @@ impl Executor {
             })
             .collect();
         let logits = self.model.forward(comm, &mut self.kv, &chunks)?;
-        let place = self.model.place;
-        let sampler = place.sampler();
+        let sampler = self.model.place.sampler();
         let rank = comm.rank();
-        let mut tokens = Vec::new();
+        let mut drawn = Vec::new();
         if rank == sampler {
             let v = self.model.cfg.vocab_size;
             let logits = logits.expect("the sampling rank is on the last stage");
             for (i, s) in seqs.iter().enumerate() {
                 if s.sample {
                     let row = &logits[i * v..(i + 1) * v];
-                    tokens.push(sample(row, &s.params, &mut step_rng(s.seed, s.step)));
+                    drawn.push(sample_with_logprobs(
+                        row,
+                        &s.params,
+                        &mut step_rng(s.seed, s.step),
+                        s.logprobs,
+                    ));
                 }
             }
             if sampler != 0 {
-                comm.send(
-                    0,
-                    &tokens
-                        .iter()
-                        .flat_map(|t| t.to_le_bytes())
-                        .collect::<Vec<u8>>(),
-                )?;
+                comm.send(0, &serde_json::to_vec(&drawn).expect("serializable"))?;
             }
         }
         if rank != 0 {
@@ -65,12 +67,10 @@ impl Executor {
         }
         if sampler != 0 {
             let b = comm.recv(sampler)?;
-            tokens = b
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
+            drawn = serde_json::from_slice(&b)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
-        Ok(Some(tokens))
+        Ok(Some(drawn))
     }
 
     /// The loop of every rank but 0: receive a plan, execute it, until Shutdown.

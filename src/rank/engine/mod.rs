@@ -96,7 +96,7 @@ impl Engine {
                 break Err(format!("broadcasting a step: {e}"));
             }
             match self.exec.step(comm, &seqs) {
-                Ok(Some(tokens)) => self.sched.update(&seqs, &tokens, &self.codec),
+                Ok(Some(drawn)) => self.sched.update(&seqs, &drawn, &self.codec),
                 Ok(None) => unreachable!("rank 0 receives the tokens"),
                 Err(e) => break Err(format!("step failed: {e}")),
             }

@@ -22,6 +22,9 @@ pub struct PlanSeq {
     /// Per-request seed; with `step` (tokens generated so far) it fixes the draw.
     pub seed: u64,
     pub step: u32,
+    /// Report log-probabilities with this many alternatives.
+    #[serde(default)]
+    pub logprobs: Option<u32>,
 }
 
 /// What the ranks do next.
@@ -56,6 +59,7 @@ mod tests {
             params: SamplingParams::default(),
             seed: 9,
             step: 2,
+            logprobs: Some(2),
         }]);
         assert_eq!(Plan::decode(&p.encode()).unwrap(), p);
         assert_eq!(

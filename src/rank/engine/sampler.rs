@@ -42,6 +42,56 @@ impl Default for SamplingParams {
     }
 }
 
+/// A drawn token, with its log-probability and the most likely alternatives when asked.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sampled {
+    pub token: u32,
+    /// `ln p(token)` under the model's distribution (raw logits), if requested.
+    pub logprob: Option<f32>,
+    /// The `k` most likely tokens and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Draws a token and, with `logprobs = Some(k)`, reports log-probabilities from the raw logits.
+pub fn sample_with_logprobs(
+    logits: &[f32],
+    p: &SamplingParams,
+    rng: &mut Rng,
+    logprobs: Option<u32>,
+) -> Sampled {
+    let token = sample(logits, p, rng);
+    let Some(k) = logprobs else {
+        return Sampled {
+            token,
+            logprob: None,
+            top: vec![],
+        };
+    };
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m + logits
+        .iter()
+        .map(|v| ((v - m) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k as usize);
+    if k > 0 {
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        let k = (k as usize).min(idx.len());
+        idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        top = idx
+            .into_iter()
+            .map(|i| (i as u32, logits[i] - lse))
+            .collect();
+    }
+    Sampled {
+        token,
+        logprob: Some(logits[token as usize] - lse),
+        top,
+    }
+}
+
 /// Index of the largest value (the first one on ties, as torch.argmax).
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;

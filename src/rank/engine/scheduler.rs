@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::plan::PlanSeq;
-use super::sampler::SamplingParams;
+use super::sampler::{Sampled, SamplingParams};
 use crate::rank::kv::{BlockAllocator, BlockTable};
 use crate::rank::tokenizer::TextCodec;
 
@@ -25,6 +25,8 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability with this many alternatives.
+    pub logprobs: Option<u32>,
 }
 
 /// Why a sequence ended.
@@ -44,8 +46,14 @@ pub enum StopReason {
 /// What a request's listener receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// New text (may be empty while a stop string might still match) and the token.
-    Token { text: String, token: u32 },
+    /// New text (may be empty while a stop string might still match), the token, and
+    /// its log-probability and top alternatives when requested.
+    Token {
+        text: String,
+        token: u32,
+        logprob: Option<f32>,
+        top: Vec<(u32, f32)>,
+    },
     Done {
         finish: Finish,
         prompt_tokens: usize,
@@ -254,13 +262,14 @@ impl Scheduler {
             params: s.req.params.clone(),
             seed: s.req.seed,
             step: s.out.len() as u32,
+            logprobs: s.req.logprobs,
         };
         s.computed += chunk;
         p
     }
 
     /// Applies a step's sampled tokens (one per `sample` entry of `plan`, in order).
-    pub fn update(&mut self, plan: &[PlanSeq], tokens: &[u32], codec: &TextCodec) {
+    pub fn update(&mut self, plan: &[PlanSeq], drawn: &[Sampled], codec: &TextCodec) {
         // The step's K/V are in the cache now: register newly full blocks.
         for p in plan {
             if let Some(s) = self.active.iter_mut().find(|s| s.id == p.id) {
@@ -268,9 +277,10 @@ impl Scheduler {
                 self.alloc.commit(&all, s.computed, &s.table, &mut s.hashes);
             }
         }
-        let mut it = tokens.iter();
+        let mut it = drawn.iter();
         for p in plan.iter().filter(|p| p.sample) {
-            let Some(&tok) = it.next() else { break };
+            let Some(d) = it.next() else { break };
+            let tok = d.token;
             let Some(idx) = self.active.iter().position(|s| s.id == p.id) else {
                 continue;
             };
@@ -331,6 +341,8 @@ impl Scheduler {
             let _ = s.events.send(Event::Token {
                 text: delta,
                 token: tok,
+                logprob: d.logprob,
+                top: d.top.clone(),
             });
             if let Some(f) = finish {
                 let mut s = self.active.remove(idx);

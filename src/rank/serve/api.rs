@@ -69,6 +69,9 @@ pub struct Parsed {
     pub stream: bool,
     pub include_usage: bool,
     pub echo: bool,
+    /// Log-probabilities with this many alternatives (completions `logprobs: k`, chat
+    /// `logprobs: true` + `top_logprobs: k`).
+    pub logprobs: Option<u32>,
 }
 
 /// A prompt as given.
@@ -340,20 +343,12 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
             ));
         }
     };
-    for key in [
-        "logprobs",
-        "top_logprobs",
-        "prompt_logprobs",
-        "logit_bias",
-        "suffix",
-    ] {
-        let v = body.get(key);
-        let used = match v {
+    for key in ["prompt_logprobs", "logit_bias", "suffix"] {
+        let used = match body.get(key) {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(Value::Number(n)) => {
-                n.as_f64() != Some(0.0) || key == "logprobs" && kind == Kind::Completion
-            }
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
             Some(_) => true,
         };
         if used {
@@ -363,6 +358,46 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
             ));
         }
     }
+    let max_lp = 20;
+    let logprobs = match kind {
+        Kind::Completion => match int(body, "logprobs")? {
+            None => None,
+            Some(k) if (0..=max_lp).contains(&k) => Some(k as u32),
+            Some(k) if k < 0 => {
+                return Err(ApiError::bad(
+                    format!("logprobs must be non-negative, got {k}."),
+                    Some("logprobs"),
+                ));
+            }
+            Some(k) => {
+                return Err(ApiError::bad(
+                    format!(
+                        "Requested sample logprobs of {k}, which is greater than max allowed: {max_lp}"
+                    ),
+                    Some("logprobs"),
+                ));
+            }
+        },
+        Kind::Chat => {
+            let on = boolean(body, "logprobs")?;
+            match (on, int(body, "top_logprobs")?) {
+                (false, Some(t)) if t > 0 => {
+                    return Err(ApiError::bad(
+                        "when using `top_logprobs`, `logprobs` must be set to true.",
+                        Some("top_logprobs"),
+                    ));
+                }
+                (_, Some(t)) if !(0..=max_lp).contains(&t) => {
+                    return Err(ApiError::bad(
+                        format!("top_logprobs must be in [0, {max_lp}], got {t}."),
+                        Some("top_logprobs"),
+                    ));
+                }
+                (true, t) => Some(t.unwrap_or(0) as u32),
+                (false, _) => None,
+            }
+        }
+    };
     if temperature == 0.0 && n > 1 {
         return Err(ApiError::bad(
             format!("n must be 1 when using greedy sampling, got {n}."),
@@ -386,6 +421,7 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
         stream,
         include_usage,
         echo: boolean(body, "echo")?,
+        logprobs,
     })
 }
 
@@ -436,6 +472,7 @@ pub fn gen_request(
         stop: p.stop.clone(),
         stop_token_ids: p.stop_token_ids.clone(),
         ignore_eos: p.ignore_eos,
+        logprobs: p.logprobs,
     }
 }
 

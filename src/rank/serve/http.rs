@@ -383,6 +383,42 @@ fn detokenize(st: &AppState, b: &Value) -> Result<Response<Body>, ApiError> {
     ))
 }
 
+/// One generated token's log-probability record.
+type Lp = (u32, f32, Vec<(u32, f32)>);
+
+/// `logprobs` of a choice: completions style (`tokens`, `token_logprobs`, `top_logprobs`,
+/// `text_offset`) or chat style (`content: [{token, logprob, bytes, top_logprobs}]`).
+fn logprobs_json(codec: &TextCodec, kind: Kind, lps: &[Lp], offset0: usize) -> Value {
+    let tok = |t: u32| codec.decode(&[t]);
+    match kind {
+        Kind::Completion => {
+            let mut off = offset0;
+            let mut offsets = Vec::new();
+            for (t, _, _) in lps {
+                offsets.push(off);
+                off += tok(*t).len();
+            }
+            json!({
+                "tokens": lps.iter().map(|(t, _, _)| tok(*t)).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|(_, l, _)| *l).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|(_, _, top)| top.iter().map(|(t, l)| (tok(*t), json!(l))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+        Kind::Chat => {
+            let entry = |t: u32, l: f32| {
+                let s = tok(t);
+                json!({"token": s, "logprob": l, "bytes": s.as_bytes()})
+            };
+            json!({"content": lps.iter().map(|(t, l, top)| {
+                let mut e = entry(*t, *l);
+                e["top_logprobs"] = Value::Array(top.iter().map(|(tt, ll)| entry(*tt, *ll)).collect());
+                e
+            }).collect::<Vec<_>>()})
+        }
+    }
+}
+
 fn finish_fields(f: &Finish) -> (&'static str, Value) {
     match f {
         Finish::Length => ("length", Value::Null),
@@ -436,17 +472,38 @@ async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response
     );
     let created = now();
     if p.stream {
-        return Ok(stream(st, id, created, kind, seqs, p.include_usage, p.n));
+        return Ok(stream(
+            st,
+            id,
+            created,
+            kind,
+            seqs,
+            p.include_usage,
+            p.n,
+            p.logprobs.is_some(),
+        ));
     }
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     let mut seen_prompts = std::collections::HashSet::new();
     for (index, echo, mut rx) in seqs {
+        let echo_len = echo.len();
         let mut text = echo;
         let mut finish = Finish::Length;
+        let mut lps: Vec<Lp> = Vec::new();
         while let Some(ev) = rx.recv().await {
             match ev {
-                Event::Token { text: t, .. } => text.push_str(&t),
+                Event::Token {
+                    text: t,
+                    token,
+                    logprob,
+                    top,
+                } => {
+                    text.push_str(&t);
+                    if let Some(l) = logprob {
+                        lps.push((token, l, top));
+                    }
+                }
                 Event::Done {
                     finish: f,
                     prompt_tokens: pt,
@@ -462,10 +519,15 @@ async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response
             }
         }
         let (reason, stop_reason) = finish_fields(&finish);
+        let lp = if p.logprobs.is_some() {
+            logprobs_json(&st.codec, kind, &lps, echo_len)
+        } else {
+            Value::Null
+        };
         choices.push(match kind {
-            Kind::Completion => json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason, "stop_reason": stop_reason}),
+            Kind::Completion => json!({"index": index, "text": text, "logprobs": lp, "finish_reason": reason, "stop_reason": stop_reason}),
             Kind::Chat => json!({"index": index, "message": {"role": "assistant", "content": text, "tool_calls": []},
-                                 "logprobs": null, "finish_reason": reason, "stop_reason": stop_reason}),
+                                 "logprobs": lp, "finish_reason": reason, "stop_reason": stop_reason}),
         });
     }
     let object = if kind == Kind::Chat {
@@ -489,6 +551,7 @@ fn stream(
     seqs: Vec<(usize, String, mpsc::UnboundedReceiver<Event>)>,
     include_usage: bool,
     n: usize,
+    want_lp: bool,
 ) -> Response<Body> {
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
     let object = if kind == Kind::Chat {
@@ -534,17 +597,48 @@ fn stream(
         }
         let (mut pt_total, mut ct_total, mut done) = (0usize, 0usize, 0usize);
         let mut counted = std::collections::HashSet::new();
+        // Log-probabilities of tokens whose text is held back ride on the next chunk.
+        let mut pending: std::collections::HashMap<usize, Vec<Lp>> =
+            std::collections::HashMap::new();
+        let mut offsets: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+        let codec = st.codec.clone();
+        let mut lp_for = |index: usize,
+                          text_len: usize,
+                          pending: &mut std::collections::HashMap<usize, Vec<Lp>>|
+         -> Value {
+            let l = pending.remove(&index).unwrap_or_default();
+            if !want_lp {
+                return Value::Null;
+            }
+            let off = offsets.entry(index).or_insert(0);
+            let v = logprobs_json(&codec, kind, &l, *off);
+            *off += text_len;
+            v
+        };
         while let Some((index, ev)) = merged.recv().await {
             let c = match ev {
-                Event::Token { text, .. } if text.is_empty() => continue,
-                Event::Token { text, .. } => match kind {
-                    Kind::Chat => {
-                        json!([{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null}])
+                Event::Token {
+                    text,
+                    token,
+                    logprob,
+                    top,
+                } => {
+                    if let Some(l) = logprob {
+                        pending.entry(index).or_default().push((token, l, top));
                     }
-                    Kind::Completion => {
-                        json!([{"index": index, "text": text, "logprobs": null, "finish_reason": null}])
+                    if text.is_empty() {
+                        continue;
                     }
-                },
+                    let lp = lp_for(index, text.len(), &mut pending);
+                    match kind {
+                        Kind::Chat => {
+                            json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}])
+                        }
+                        Kind::Completion => {
+                            json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}])
+                        }
+                    }
+                }
                 Event::Done {
                     finish,
                     prompt_tokens,
@@ -556,12 +650,17 @@ fn stream(
                     }
                     ct_total += completion_tokens;
                     let (reason, stop_reason) = finish_fields(&finish);
+                    let lp = if pending.get(&index).is_some_and(|v| !v.is_empty()) {
+                        lp_for(index, 0, &mut pending)
+                    } else {
+                        Value::Null
+                    };
                     match kind {
                         Kind::Chat => {
-                            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason, "stop_reason": stop_reason}])
+                            json!([{"index": index, "delta": {}, "logprobs": lp, "finish_reason": reason, "stop_reason": stop_reason}])
                         }
                         Kind::Completion => {
-                            json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason, "stop_reason": stop_reason}])
+                            json!([{"index": index, "text": "", "logprobs": lp, "finish_reason": reason, "stop_reason": stop_reason}])
                         }
                     }
                 }
