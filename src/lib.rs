@@ -1,10 +1,14 @@
-//! rrun: a drop-in `torchrun` in Rust, and (later) `rrank`, the rank process of a
+//! rrun: a drop-in `torchrun` in Rust, and `rrank`, the rank process of a
 //! tensor/pipeline-parallel LLM server. The map of the crate is shared/DESIGN.md.
 //!
 //! - [`store`]: PyTorch's TCPStore protocol — codec, server, blocking client.
 //! - [`launch`]: the rrun agent — CLI, rendezvous, worker env, spawn, supervision,
 //!   logs and the failure summary.
+//! - [`rank`]: rrank — placement, communicator, model, CPU backend, KV cache, engine,
+//!   HTTP serving.
+//! - [`bench`]: `rrun-bench`, the load generator.
 
+pub mod bench;
 pub mod launch;
 pub mod rank;
 pub mod store;
