@@ -207,8 +207,14 @@ def test_malformed_requests_get_4xx(server):
     bodies = [b"{", b"[]", b"null", b'{"prompt": 5}', b'{"prompt": "x", "max_tokens": -1}', b'{"prompt": "x", "max_tokens": 1e99}',
               b'{"prompt": "x", "n": "two"}', b'{"prompt": "x", "stop": [""]}', b'{"prompt": [999999]}', b"\xff\xfe",
               b'{"messages": "hi"}', b'{"prompt": "x", "top_p": 0}', b'{"prompt": "x", "stream_options": {}}', b'{"prompt": []}']
+    # Slow-loris: connections that never finish their headers must not block anyone.
+    lingering = []
+    for _ in range(50):
+        c = socket.create_connection(("127.0.0.1", server.port))
+        c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-")
+        lingering.append(c)
     statuses = []
-    for i in range(200):
+    for i in range(2000):
         body = bodies[i % len(bodies)]
         path = "/v1/chat/completions" if i % 3 == 0 else "/v1/completions"
         req = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -226,6 +232,9 @@ def test_malformed_requests_get_4xx(server):
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server may close before reading the whole body
     assert urllib.request.urlopen(server.url + "/health").status == 200
+    assert sum(1 for x in statuses if x == 404) == 0 and len(statuses) == 2000
+    for c in lingering:
+        c.close()
 
 
 def test_disconnected_streams_free_their_blocks(server):
@@ -251,20 +260,46 @@ def test_disconnected_streams_free_their_blocks(server):
 
 
 def test_overload_preempts_and_loses_nothing():
-    # 8 blocks of 16 tokens = 128 cache tokens; 16 requests x ~60 tokens need ~7x that.
+    # 8 blocks of 16 tokens = 128 cache tokens; 20 requests x ~68 tokens need over 10x that.
     s = Server(DATA / "llama", extra=["--kv-cache-tokens", 128, "--max-model-len", 128])
     try:
-        prompts = [[(3 * i + j) % 250 + 4 for j in range(10 + i)] for i in range(16)]
+        prompts = [[(3 * i + j) % 250 + 4 for j in range(10 + i)] for i in range(20)]
         def one(p):
             return s.client.completions.create(model="tiny", prompt=p, max_tokens=48, temperature=0,
                                                extra_body={"ignore_eos": True}).choices[0]
         alone = one(prompts[3]).text
-        with cf.ThreadPoolExecutor(16) as ex:
+        with cf.ThreadPoolExecutor(20) as ex:
             res = list(ex.map(one, prompts))
         assert all(r.finish_reason == "length" for r in res)
         assert res[3].text == alone, "a preempted, recomputed request returns the same text"
         m = s.metrics()
         assert m["num_preemptions_total"] > 0, m
-        assert m["request_success_total"] == 17
+        assert m["request_success_total"] == 21
+        assert sum(len(p) + 48 for p in prompts) > 10 * 128
+    finally:
+        s.stop()
+
+
+def test_api_key_and_rrun_bench(tmp_path):
+    s = Server(DATA / "llama", extra=["--api-key", "sekret"])
+    try:
+        assert urllib.request.urlopen(s.url + "/health").status == 200, "/health stays open"
+        with pytest.raises(openai.AuthenticationError):
+            s.client.models.list()
+        ok = openai.OpenAI(base_url=s.url + "/v1", api_key="sekret", max_retries=0)
+        assert [m.id for m in ok.models.list().data] == ["tiny"]
+    finally:
+        s.stop()
+    s = Server(DATA / "llama")
+    try:
+        out = tmp_path / "bench.json"
+        p = subprocess.run([str(Path(RRUN).parent / "rrun-bench"), "--base-url", s.url, "--num-prompts", "12", "--input-len", "20",
+                            "--output-len", "8", "--max-concurrency", "4", "--vocab", "300", "--result-json", str(out), "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        r = json.loads(out.read_text())
+        assert r["completed"] == 12 and r["failed"] == 0 and r["total_output_tokens"] == 96
+        assert r["ttft"]["p50_ms"] > 0 and r["output_throughput"] > 0
+        assert "TTFT (time to first token)" in p.stdout
     finally:
         s.stop()

@@ -472,16 +472,15 @@ async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response
     );
     let created = now();
     if p.stream {
-        return Ok(stream(
-            st,
+        let spec = StreamSpec {
             id,
             created,
             kind,
-            seqs,
-            p.include_usage,
-            p.n,
-            p.logprobs.is_some(),
-        ));
+            include_usage: p.include_usage,
+            n: p.n,
+            want_lp: p.logprobs.is_some(),
+        };
+        return Ok(stream(st, spec, seqs));
     }
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
@@ -543,16 +542,30 @@ async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response
     ))
 }
 
-fn stream(
-    st: Arc<AppState>,
+/// What a streamed response needs besides its sequences.
+struct StreamSpec {
     id: String,
     created: u64,
     kind: Kind,
-    seqs: Vec<(usize, String, mpsc::UnboundedReceiver<Event>)>,
     include_usage: bool,
+    /// Samples per prompt.
     n: usize,
     want_lp: bool,
+}
+
+fn stream(
+    st: Arc<AppState>,
+    spec: StreamSpec,
+    seqs: Vec<(usize, String, mpsc::UnboundedReceiver<Event>)>,
 ) -> Response<Body> {
+    let StreamSpec {
+        id,
+        created,
+        kind,
+        include_usage,
+        n,
+        want_lp,
+    } = spec;
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
     let object = if kind == Kind::Chat {
         "chat.completion.chunk"
