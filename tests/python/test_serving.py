@@ -22,6 +22,7 @@ RRANK = str(Path(RRUN).parent / "rrank")
 
 class Server:
     def __init__(self, model, n=1, extra=(), env=None):
+        self.n = n
         self.port = free_port()
         args = [RRANK, "--model", str(model), "--port", str(self.port), "--served-model-name", "tiny", *map(str, extra)]
         self.p = subprocess.Popen([RRUN, "--standalone", "--nproc-per-node", str(n), "--tee", "3", *args],
@@ -61,9 +62,13 @@ def server(request):
     assert "exitcode" not in out, out
 
 
-def test_models_and_health(server):
+def test_models_health_and_rank_gauges(server):
     models = server.client.models.list()
     assert [m.id for m in models.data] == ["tiny"]
+    text = urllib.request.urlopen(server.url + "/metrics").read().decode()
+    for r in range(server.n):
+        assert re.search(rf'^rrun:rank_weight_bytes\{{rank="{r}"\}} [1-9]', text, re.M), text
+        assert re.search(rf'^rrun:rank_kv_tokens\{{rank="{r}"\}} 4096$', text, re.M), text
 
 
 def test_completion_matches_offline_greedy(server):

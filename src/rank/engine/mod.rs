@@ -21,6 +21,9 @@ use executor::Executor;
 use plan::Plan;
 use scheduler::{Event, GenRequest, Scheduler};
 
+/// How long requests in flight may run on after SIGTERM before they are ended.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A request for the engine thread.
 pub struct Submit {
     pub req: GenRequest,
@@ -69,11 +72,23 @@ impl Engine {
         stats: Arc<std::sync::Mutex<Stats>>,
     ) -> Result<(), String> {
         let world: Vec<usize> = (0..comm.world()).collect();
+        let mut stop_at: Option<std::time::Instant> = None;
         let result = loop {
-            if self.sched.is_idle() {
-                if stop.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) {
+                let t = *stop_at.get_or_insert_with(std::time::Instant::now);
+                if self.sched.is_idle() {
                     break Ok(());
                 }
+                if t.elapsed() >= DRAIN_TIMEOUT {
+                    eprintln!(
+                        "rrank: {} requests still running {DRAIN_TIMEOUT:?} after the stop signal; ending them",
+                        self.sched.num_running() + self.sched.num_waiting()
+                    );
+                    self.sched.abort_all();
+                    break Ok(());
+                }
+            }
+            if self.sched.is_idle() {
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(s) => {
                         self.sched.add(s.req, s.events);

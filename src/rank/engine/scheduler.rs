@@ -159,6 +159,15 @@ impl Scheduler {
         id
     }
 
+    /// Ends every sequence (shutdown): listeners see their channel close without `Done`.
+    pub fn abort_all(&mut self) {
+        for mut s in self.active.drain(..) {
+            self.alloc.release(&mut s.table);
+        }
+        self.counters.aborted += self.waiting.len() as u64;
+        self.waiting.clear();
+    }
+
     /// Drops sequences whose listener went away (client disconnected), freeing their blocks.
     pub fn reap_aborted(&mut self) {
         let alloc = &mut self.alloc;

@@ -35,9 +35,11 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub stats: Arc<Mutex<Stats>>,
     pub stopping: Arc<AtomicBool>,
+    /// Weights loaded and the engine running.
+    pub ready: AtomicBool,
     pub created: u64,
     /// Extra gauge lines for /metrics (per-rank memory).
-    pub gauges: Vec<String>,
+    pub gauges: Mutex<Vec<String>>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -159,7 +161,7 @@ async fn route(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
     let method = req.method().clone();
     let result = match (method.as_str(), path.as_str()) {
         ("GET", "/health") => {
-            return if st.stopping.load(Ordering::SeqCst) {
+            return if st.stopping.load(Ordering::SeqCst) || !st.ready.load(Ordering::SeqCst) {
                 full(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "")
             } else {
                 full(StatusCode::OK, "text/plain", "")
@@ -299,7 +301,7 @@ fn metrics(st: &AppState) -> String {
         "Tokens generated.",
         s.counters.generation_tokens.to_string(),
     );
-    for line in &st.gauges {
+    for line in st.gauges.lock().unwrap().iter() {
         out.push_str(line);
         out.push('\n');
     }
@@ -430,6 +432,13 @@ fn finish_fields(f: &Finish) -> (&'static str, Value) {
 
 async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response<Body>, ApiError> {
     let p = api::parse(&body, kind, &st.served)?;
+    if !st.ready.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the model is still loading",
+        ));
+    }
     if st.stopping.load(Ordering::SeqCst) {
         return Err(ApiError::new(
             503,
@@ -490,6 +499,7 @@ async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response
         let mut text = echo;
         let mut finish = Finish::Length;
         let mut lps: Vec<Lp> = Vec::new();
+        let mut finished = false;
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Token {
@@ -513,9 +523,17 @@ async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response
                         prompt_tokens += pt;
                     }
                     completion_tokens += ct;
+                    finished = true;
                     break;
                 }
             }
+        }
+        if !finished {
+            return Err(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the server shut down before the request finished",
+            ));
         }
         let (reason, stop_reason) = finish_fields(&finish);
         let lp = if p.logprobs.is_some() {
@@ -685,7 +703,16 @@ fn stream(
                 break;
             }
         }
-        if include_usage {
+        if done < n_per_prompt {
+            let e = ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the server shut down before the request finished",
+            );
+            let _ = out_tx
+                .send(Bytes::from(format!("data: {}\n\n", e.body())))
+                .await;
+        } else if include_usage {
             let v = json!({"id": id, "object": object, "created": created, "model": model, "choices": [],
                            "usage": {"prompt_tokens": pt_total, "completion_tokens": ct_total, "total_tokens": pt_total + ct_total}});
             let _ = out_tx.send(Bytes::from(format!("data: {v}\n\n"))).await;

@@ -47,6 +47,41 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
+    // Rank 0 answers /health (503) and requests (503) while the weights load.
+    let served = serve.served_model_name.clone().unwrap_or_else(|| {
+        engine
+            .model
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut front = None;
+    if env.rank == 0 {
+        let codec = Arc::new(codec.expect("tokenizer loaded for serving"));
+        let state = Arc::new(http::AppState {
+            codec: codec.clone(),
+            submit: Mutex::new(tx),
+            served: served.clone(),
+            max_model_len,
+            vocab: cfg.vocab_size,
+            api_key: serve.api_key.clone(),
+            stats: stats.clone(),
+            stopping: stop.clone(),
+            ready: AtomicBool::new(false),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            gauges: Mutex::new(vec![]),
+        });
+        let addr =
+            http::spawn(state.clone(), &serve.host, serve.port).map_err(RankError::Runtime)?;
+        eprintln!("rrank: listening on http://{addr} (503 until the weights are loaded)");
+        front = Some((state, codec, addr));
+    }
     let model = startup::load_model(engine, &cfg, place, env.local_world_size)?;
     let kv = KvCache::new(
         model.num_local_layers(),
@@ -58,8 +93,8 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
     let kv_bytes =
         KvCache::block_bytes(model.num_local_layers(), bs, model.kv_heads(), cfg.head_dim) * blocks;
     let weight_bytes = model.weight_bytes();
-    eprintln!(
-        "rrank: rank {} [tp {}/{} pp {}/{}] cpu: weights {:.1} MiB, KV cache {:.1} MiB = {} tokens",
+    let line = format!(
+        "rank {} [tp {}/{} pp {}/{}] cpu: weights {:.1} MiB, KV cache {:.1} MiB = {} tokens",
         env.rank,
         place.tp_rank(),
         place.tp,
@@ -69,45 +104,33 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         kv_bytes as f64 / 1048576.0,
         blocks * bs
     );
+    eprintln!("rrank: {line}");
+    let mine = serde_json::json!({"rank": env.rank, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes, "kv_tokens": blocks * bs});
     let mut exec = Executor { model, kv };
     if env.rank != 0 {
+        comm.send(0, mine.to_string().as_bytes())
+            .map_err(|e| RankError::Runtime(format!("reporting memory to rank 0: {e}")))?;
         return exec.follow(comm.as_mut()).map_err(RankError::Runtime);
     }
-    let codec = Arc::new(codec.expect("tokenizer loaded for serving"));
-    let served = serve.served_model_name.clone().unwrap_or_else(|| {
-        engine
-            .model
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into())
-    });
-    let stats = Arc::new(Mutex::new(Stats::default()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let state = Arc::new(http::AppState {
-        codec: codec.clone(),
-        submit: Mutex::new(tx),
-        served: served.clone(),
-        max_model_len,
-        vocab: cfg.vocab_size,
-        api_key: serve.api_key.clone(),
-        stats: stats.clone(),
-        stopping: stop.clone(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        gauges: vec![
-            format!("rrun:rank_weight_bytes{{rank=\"0\"}} {weight_bytes}"),
-            format!("rrun:rank_kv_cache_bytes{{rank=\"0\"}} {kv_bytes}"),
-            format!("rrun:rank_kv_cache_tokens{{rank=\"0\"}} {}", blocks * bs),
-        ],
-    });
-    let addr = http::spawn(state, &serve.host, serve.port).map_err(RankError::Runtime)?;
-    eprintln!(
-        "rrank: serving {served} on http://{addr} (max_model_len {max_model_len}, {} ranks)",
-        env.world_size
-    );
+    let (state, codec, addr) = front.expect("rank 0 serves");
+    let mut reports = vec![mine];
+    for r in 1..env.world_size {
+        let b = comm
+            .recv(r)
+            .map_err(|e| RankError::Runtime(format!("memory report of rank {r}: {e}")))?;
+        reports.push(
+            serde_json::from_slice(&b)
+                .map_err(|e| RankError::Runtime(format!("memory report of rank {r}: {e}")))?,
+        );
+    }
+    *state.gauges.lock().unwrap() = reports
+        .iter()
+        .flat_map(|r| {
+            let rank = &r["rank"];
+            ["weight_bytes", "kv_bytes", "kv_tokens"]
+                .map(|k| format!("rrun:rank_{k}{{rank=\"{rank}\"}} {}", r[k]))
+        })
+        .collect();
     let eos = cfg.eos_token_ids.clone();
     let mut eng = Engine {
         exec,
@@ -122,6 +145,11 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         ),
         codec,
     };
+    state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "rrank: serving {served} on http://{addr} (max_model_len {max_model_len}, {} ranks)",
+        env.world_size
+    );
     eng.run(comm.as_mut(), rx, stop, stats)
         .map_err(RankError::Runtime)?;
     eprintln!("rrank: shut down");
