@@ -85,7 +85,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         temperature: args.temperature,
         top_p: args.top_p,
         top_k: args.top_k,
-        min_p: 0.0,
+        ..Default::default()
     };
     let mut rng = Rng::new(args.seed);
     let world: Vec<usize> = (0..env.world_size).collect();

@@ -308,3 +308,27 @@ def test_api_key_and_rrun_bench(tmp_path):
         assert "TTFT (time to first token)" in p.stdout
     finally:
         s.stop()
+
+
+def test_repetition_penalty_matches_transformers(server):
+    import torch
+    from transformers import AutoModelForCausalLM
+    ref = json.loads((DATA / "llama" / "reference.json").read_text())
+    m = AutoModelForCausalLM.from_pretrained(DATA / "llama", dtype=torch.float32).eval()
+    with torch.no_grad():
+        g = m.generate(torch.tensor([ref["prompt_ids"]]), max_new_tokens=16, do_sample=False, repetition_penalty=1.5,
+                       eos_token_id=None, pad_token_id=0)
+    want = g[0, len(ref["prompt_ids"]):].tolist()
+    assert want != ref["greedy"][:16], "the penalty changes the greedy text of this model"
+    r = server.client.completions.create(model="tiny", prompt=ref["prompt_ids"], max_tokens=16, temperature=0, logprobs=0,
+                                         extra_body={"ignore_eos": True, "repetition_penalty": 1.5})
+    detok = json.loads(urllib.request.urlopen(urllib.request.Request(
+        server.url + "/detokenize", data=json.dumps({"tokens": want}).encode(),
+        headers={"content-type": "application/json"})).read())
+    assert r.choices[0].text == detok["prompt"]
+    f = server.client.completions.create(model="tiny", prompt=ref["prompt_ids"], max_tokens=16, temperature=0,
+                                         frequency_penalty=2.0, presence_penalty=1.0, extra_body={"ignore_eos": True})
+    assert f.choices[0].text != r.choices[0].text
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client.completions.create(model="tiny", prompt="x", max_tokens=2, extra_body={"repetition_penalty": 0})
+    assert "repetition_penalty must be greater than zero, got 0" in str(e.value)

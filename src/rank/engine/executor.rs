@@ -55,6 +55,7 @@ impl Executor {
                         &s.params,
                         &mut step_rng(s.seed, s.step),
                         s.logprobs,
+                        s.history.as_ref(),
                     ));
                 }
             }

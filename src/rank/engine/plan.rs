@@ -25,6 +25,9 @@ pub struct PlanSeq {
     /// Report log-probabilities with this many alternatives.
     #[serde(default)]
     pub logprobs: Option<u32>,
+    /// Prompt and generated tokens, sent only when a penalty needs them.
+    #[serde(default)]
+    pub history: Option<(Vec<u32>, Vec<u32>)>,
 }
 
 /// What the ranks do next.
@@ -60,6 +63,7 @@ mod tests {
             seed: 9,
             step: 2,
             logprobs: Some(2),
+            history: None,
         }]);
         assert_eq!(Plan::decode(&p.encode()).unwrap(), p);
         assert_eq!(

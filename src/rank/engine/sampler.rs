@@ -29,6 +29,61 @@ pub struct SamplingParams {
     /// 0 or less: no limit.
     pub top_k: i64,
     pub min_p: f32,
+    /// Subtracted once from tokens already generated.
+    #[serde(default)]
+    pub presence_penalty: f32,
+    /// Subtracted per occurrence in the generated tokens.
+    #[serde(default)]
+    pub frequency_penalty: f32,
+    /// Divides positive / multiplies negative logits of tokens in prompt or output (1: off).
+    #[serde(default = "one")]
+    pub repetition_penalty: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl SamplingParams {
+    /// True when the token history matters.
+    pub fn has_penalties(&self) -> bool {
+        self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0
+    }
+}
+
+/// Applies vLLM's penalties in place: repetition (prompt and output tokens) first,
+/// then frequency and presence (output tokens).
+pub fn apply_penalties(logits: &mut [f32], p: &SamplingParams, prompt: &[u32], output: &[u32]) {
+    if p.repetition_penalty != 1.0 {
+        let mut seen = vec![false; logits.len()];
+        for &t in prompt.iter().chain(output) {
+            if let Some(s) = seen.get_mut(t as usize) {
+                *s = true;
+            }
+        }
+        for (l, s) in logits.iter_mut().zip(seen) {
+            if s {
+                *l = if *l > 0.0 {
+                    *l / p.repetition_penalty
+                } else {
+                    *l * p.repetition_penalty
+                };
+            }
+        }
+    }
+    if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
+        for &t in output {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (t, c) in counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= p.frequency_penalty * c as f32 + p.presence_penalty;
+            }
+        }
+    }
 }
 
 impl Default for SamplingParams {
@@ -38,6 +93,9 @@ impl Default for SamplingParams {
             top_p: 1.0,
             top_k: 0,
             min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
         }
     }
 }
@@ -58,8 +116,17 @@ pub fn sample_with_logprobs(
     p: &SamplingParams,
     rng: &mut Rng,
     logprobs: Option<u32>,
+    history: Option<&(Vec<u32>, Vec<u32>)>,
 ) -> Sampled {
-    let token = sample(logits, p, rng);
+    // Penalties shape the draw; reported log-probabilities stay those of the raw logits.
+    let token = match history {
+        Some((prompt, output)) if p.has_penalties() => {
+            let mut l = logits.to_vec();
+            apply_penalties(&mut l, p, prompt, output);
+            sample(&l, p, rng)
+        }
+        _ => sample(logits, p, rng),
+    };
     let Some(k) = logprobs else {
         return Sampled {
             token,
@@ -149,6 +216,19 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn penalties_like_vllm() {
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            frequency_penalty: 0.5,
+            presence_penalty: 0.25,
+            ..Default::default()
+        };
+        let mut l = vec![4.0, -1.0, 3.0, 1.0];
+        apply_penalties(&mut l, &p, &[0], &[1, 1, 2]);
+        assert_eq!(l, vec![2.0, -2.0 - 1.0 - 0.25, 1.5 - 0.5 - 0.25, 1.0]);
+    }
 
     #[test]
     fn greedy_and_seeded() {

@@ -272,6 +272,11 @@ impl Scheduler {
             seed: s.req.seed,
             step: s.out.len() as u32,
             logprobs: s.req.logprobs,
+            history: s
+                .req
+                .params
+                .has_penalties()
+                .then(|| (s.req.prompt.clone(), s.out.clone())),
         };
         s.computed += chunk;
         p

@@ -261,6 +261,14 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
             ));
         }
     }
+    let repetition_penalty = num(body, "repetition_penalty")?.unwrap_or(1.0);
+    if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
+        return Err(ApiError::bad(
+            format!("repetition_penalty must be greater than zero, got {repetition_penalty}."),
+            Some("repetition_penalty"),
+        ));
+    }
+    let repetition_penalty = repetition_penalty as f32;
     let n = int(body, "n")?.unwrap_or(1);
     if !(1..=128).contains(&n) {
         return Err(ApiError::bad(
@@ -413,6 +421,9 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
             top_p: top_p as f32,
             top_k,
             min_p: min_p as f32,
+            presence_penalty: num(body, "presence_penalty")?.unwrap_or(0.0) as f32,
+            frequency_penalty: num(body, "frequency_penalty")?.unwrap_or(0.0) as f32,
+            repetition_penalty,
         },
         seed,
         stop,
