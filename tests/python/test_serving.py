@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -332,3 +333,29 @@ def test_repetition_penalty_matches_transformers(server):
     with pytest.raises(openai.BadRequestError) as e:
         server.client.completions.create(model="tiny", prompt="x", max_tokens=2, extra_body={"repetition_penalty": 0})
     assert "repetition_penalty must be greater than zero, got 0" in str(e.value)
+
+
+def post_json(server, path, body):
+    req = urllib.request.Request(server.url + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    return urllib.request.urlopen(req)
+
+
+def test_vllm_generate_route_openapi_and_histograms(server):
+    prompt = "The capital of France is"
+    r = json.loads(post_json(server, "/generate", {"prompt": prompt, "max_tokens": 6, "temperature": 0}).read())
+    assert len(r["text"]) == 1 and r["text"][0].startswith(prompt) and len(r["text"][0]) > len(prompt)
+    lines = [json.loads(l) for l in post_json(server, "/generate", {"prompt": prompt, "max_tokens": 6, "temperature": 0,
+                                                                    "stream": True}).read().decode().splitlines() if l]
+    assert lines and all(l["text"][0].startswith(prompt) for l in lines)
+    assert lines[-1]["text"] == r["text"], "cumulative text ends with the full answer"
+    two = json.loads(post_json(server, "/generate", {"prompt": prompt, "max_tokens": 4, "temperature": 1.0, "n": 2, "seed": 3}).read())
+    assert len(two["text"]) == 2
+    with pytest.raises(urllib.error.HTTPError) as e:
+        post_json(server, "/generate", {"prompt": 5})
+    assert e.value.code == 400
+    doc = json.loads(urllib.request.urlopen(server.url + "/openapi.json").read())
+    assert {"/v1/completions", "/v1/chat/completions", "/generate", "/metrics"} <= set(doc["paths"])
+    text = urllib.request.urlopen(server.url + "/metrics").read().decode()
+    m = re.search(r'^rrun:time_to_first_token_seconds_count\{model_name="tiny"\} (\d+)$', text, re.M)
+    assert m and int(m.group(1)) >= 3, text
+    assert re.search(r'^rrun:e2e_request_latency_seconds_bucket\{le="\+Inf",model_name="tiny"\} \d+$', text, re.M)

@@ -40,6 +40,7 @@ pub struct AppState {
     pub created: u64,
     /// Extra gauge lines for /metrics (per-rank memory).
     pub gauges: Mutex<Vec<String>>,
+    pub latency: Arc<Mutex<super::metrics::Latency>>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -197,6 +198,11 @@ async fn route(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
             Ok(b) => generate(st.clone(), b, Kind::Chat).await,
             Err(e) => Err(e),
         },
+        ("POST", "/generate") => match read_json(req).await {
+            Ok(b) => demo_generate(st.clone(), b).await,
+            Err(e) => Err(e),
+        },
+        ("GET", "/openapi.json") => Ok(json_resp(StatusCode::OK, &openapi(&st))),
         (
             _,
             "/health"
@@ -206,7 +212,9 @@ async fn route(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
             | "/tokenize"
             | "/detokenize"
             | "/v1/completions"
-            | "/v1/chat/completions",
+            | "/v1/chat/completions"
+            | "/generate"
+            | "/openapi.json",
         ) => Err(ApiError::new(
             405,
             "MethodNotAllowed",
@@ -301,6 +309,7 @@ fn metrics(st: &AppState) -> String {
         "Tokens generated.",
         s.counters.generation_tokens.to_string(),
     );
+    out.push_str(&st.latency.lock().unwrap().render(name));
     for line in st.gauges.lock().unwrap().iter() {
         out.push_str(line);
         out.push('\n');
@@ -431,6 +440,7 @@ fn finish_fields(f: &Finish) -> (&'static str, Value) {
 }
 
 async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response<Body>, ApiError> {
+    let arrival = std::time::Instant::now();
     let p = api::parse(&body, kind, &st.served)?;
     if !st.ready.load(Ordering::SeqCst) {
         return Err(ApiError::new(
@@ -467,7 +477,11 @@ async fn generate(st: Arc<AppState>, body: Value, kind: Kind) -> Result<Response
                 .unwrap()
                 .send(Submit { req, events: tx })
                 .map_err(|_| ApiError::new(503, "ServiceUnavailable", "the engine has stopped"))?;
-            seqs.push((i * p.n + j, echo.clone(), rx));
+            seqs.push((
+                i * p.n + j,
+                echo.clone(),
+                super::metrics::tap(st.latency.clone(), arrival, rx),
+            ));
         }
     }
     let id = format!(
@@ -730,4 +744,123 @@ fn stream(
         .header("cache-control", "no-cache")
         .body(BodyExt::boxed(StreamBody::new(s)))
         .unwrap()
+}
+
+/// vLLM's demo `/generate`: `{"prompt": str, "stream"?: bool, ...sampling fields}` →
+/// `{"text": [prompt + output, …]}` (one entry per `n`), or newline-delimited JSON lines of
+/// the cumulative texts when streaming.
+async fn demo_generate(st: Arc<AppState>, body: Value) -> Result<Response<Body>, ApiError> {
+    let arrival = std::time::Instant::now();
+    let prompt = match body.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(ApiError::bad("prompt must be a string", Some("prompt"))),
+    };
+    let p = api::parse(&body, Kind::Completion, &st.served)?;
+    if !st.ready.load(Ordering::SeqCst) || st.stopping.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the server is not accepting requests",
+        ));
+    }
+    let ids = prompt_ids(&st, &PromptIn::Text(prompt.clone()), true)?;
+    let max = api::fit_context(ids.len(), p.max_tokens, st.max_model_len)?;
+    let mut rxs = Vec::new();
+    for j in 0..p.n {
+        let (tx, rx) = mpsc::unbounded_channel();
+        st.submit
+            .lock()
+            .unwrap()
+            .send(Submit {
+                req: api::gen_request(&p, ids.clone(), max, j),
+                events: tx,
+            })
+            .map_err(|_| ApiError::new(503, "ServiceUnavailable", "the engine has stopped"))?;
+        rxs.push(super::metrics::tap(st.latency.clone(), arrival, rx));
+    }
+    let (merged_tx, mut merged) = mpsc::unbounded_channel::<(usize, Event)>();
+    for (j, mut rx) in rxs.into_iter().enumerate() {
+        let tx = merged_tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if tx.send((j, ev)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(merged_tx);
+    let n = p.n;
+    if !p.stream {
+        let mut texts = vec![prompt.clone(); n];
+        let mut done = 0;
+        while let Some((j, ev)) = merged.recv().await {
+            match ev {
+                Event::Token { text, .. } => texts[j].push_str(&text),
+                Event::Done { .. } => done += 1,
+            }
+        }
+        if done < n {
+            return Err(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the server shut down before the request finished",
+            ));
+        }
+        return Ok(json_resp(StatusCode::OK, &json!({"text": texts})));
+    }
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let mut texts = vec![prompt; n];
+        while let Some((j, ev)) = merged.recv().await {
+            match ev {
+                Event::Token { text, .. } if text.is_empty() => continue,
+                Event::Token { text, .. } => texts[j].push_str(&text),
+                Event::Done { .. } => continue,
+            }
+            if out_tx
+                .send(Bytes::from(format!("{}\n", json!({"text": texts}))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let s = futures_util::stream::unfold(out_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .body(BodyExt::boxed(StreamBody::new(s)))
+        .unwrap())
+}
+
+/// A small OpenAPI 3 description of the routes.
+fn openapi(st: &AppState) -> Value {
+    let post = |summary: &str| {
+        json!({"post": {"summary": summary, "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {"200": {"description": "OK"}, "400": {"description": "Bad request (OpenAI-style error JSON)"}, "404": {"description": "Unknown model"},
+                      "413": {"description": "Body too large"}, "503": {"description": "Loading or shutting down"}}}})
+    };
+    let get = |summary: &str| json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "rrank", "version": env!("CARGO_PKG_VERSION"), "description": format!("OpenAI/vLLM-compatible API serving {}", st.served)},
+        "paths": {
+            "/v1/completions": post("OpenAI completions (JSON or SSE stream)"),
+            "/v1/chat/completions": post("OpenAI chat completions (JSON or SSE stream)"),
+            "/generate": post("vLLM demo generate (JSON or newline-delimited JSON stream)"),
+            "/tokenize": post("Prompt or messages to token ids"),
+            "/detokenize": post("Token ids to text"),
+            "/v1/models": get("Served models"),
+            "/health": get("200 when serving, 503 while loading or shutting down"),
+            "/version": get("Server version"),
+            "/metrics": get("Prometheus metrics (rrun: prefix)"),
+            "/openapi.json": get("This document"),
+        }
+    })
 }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod http;
+pub mod metrics;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -76,6 +77,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             gauges: Mutex::new(vec![]),
+            latency: Arc::new(Mutex::new(metrics::Latency::default())),
         });
         let addr =
             http::spawn(state.clone(), &serve.host, serve.port).map_err(RankError::Runtime)?;
