@@ -5,6 +5,7 @@ import concurrent.futures as cf
 import http.client
 import json
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -359,3 +360,26 @@ def test_vllm_generate_route_openapi_and_histograms(server):
     m = re.search(r'^rrun:time_to_first_token_seconds_count\{model_name="tiny"\} (\d+)$', text, re.M)
     assert m and int(m.group(1)) >= 3, text
     assert re.search(r'^rrun:e2e_request_latency_seconds_bucket\{le="\+Inf",model_name="tiny"\} \d+$', text, re.M)
+
+
+def test_sigterm_finishes_streams_in_flight_then_stops_every_rank():
+    s = Server(DATA / "llama", n=2, extra=["-pp", 2])
+    body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 120, "temperature": 0, "stream": True,
+                       "ignore_eos": True}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+    conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    first = resp.readline()
+    assert first.startswith(b"data: ")
+    s.p.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(urllib.error.HTTPError) as e:  # new requests are refused while draining
+        post_json(s, "/v1/completions", {"prompt": "x", "max_tokens": 2})
+    assert e.value.code == 503
+    rest = resp.read().decode()
+    events = [json.loads(l[6:]) for l in rest.splitlines() if l.startswith("data: {")]
+    assert rest.rstrip().endswith("data: [DONE]")
+    assert events[-1]["choices"][0]["finish_reason"] == "length", "the stream in flight was finished"
+    out, _ = s.p.communicate(timeout=60)
+    assert s.p.returncode == 1  # rrun exits 1 on SIGTERM, as torchrun does
+    assert out.count("rrank: shut down") == 1 and "exitcode" not in out, out
