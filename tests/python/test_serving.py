@@ -4,6 +4,7 @@ client disconnects and malformed requests."""
 import concurrent.futures as cf
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -363,8 +364,10 @@ def test_vllm_generate_route_openapi_and_histograms(server):
 
 
 def test_sigterm_finishes_streams_in_flight_then_stops_every_rank():
-    s = Server(DATA / "llama", n=2, extra=["-pp", 2])
-    body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 120, "temperature": 0, "stream": True,
+    # SmolLM2 (not the tiny model) so the stream is surely still running when SIGTERM lands.
+    smollm2 = os.environ.get("RRUN_SMOLLM2", str(ROOT / "models" / "SmolLM2-135M-Instruct"))
+    s = Server(smollm2, n=2, extra=["-pp", 2, "--kv-cache-tokens", 2048, "--max-model-len", 512])
+    body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 48, "temperature": 0, "stream": True,
                        "ignore_eos": True}).encode()
     conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
     conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
