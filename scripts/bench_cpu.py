@@ -60,8 +60,10 @@ def main():
     ap.add_argument("--ranks", type=int, default=1, help="rrank ranks (PP) under rrun")
     a = ap.parse_args()
     print(f"# {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}, prompt {PROMPT!r}, {NEW} greedy tokens incl. prefill")
-    hf, n_prompt = transformers_runs(a.model, a.runs)
+    # rrank first: once torch has run, its OpenMP threads keep spinning for a while and
+    # would take CPU from the other program.
     rr, dec = rrank_runs(a.model, a.runs, a.ranks)
+    hf, n_prompt = transformers_runs(a.model, a.runs)
     print(f"prompt tokens: {n_prompt}")
     print(f"transformers generate (f32): median {statistics.median(hf):6.1f} tok/s  runs {[round(x, 1) for x in hf]}")
     print(f"rrank generate ({a.ranks} rank): median {statistics.median(rr):6.1f} tok/s  runs {[round(x, 1) for x in rr]}  (decode only: {statistics.median(dec):.1f})")

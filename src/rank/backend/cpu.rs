@@ -96,10 +96,80 @@ fn skinny_rows(x: &[f32], t: usize, w: &Mat, in_f: usize, o0: usize, out: &mut [
     }
 }
 
+/// AVX2 dot products of R rows of x against one weight row: 16 lanes (two 8-wide
+/// accumulators per row), lanes summed in order, then the tail. A row's result is the
+/// same whatever R is, so batching never changes a sequence's numbers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2<const R: usize>(x: [&[f32]; R], w: &[f32]) -> [f32; R] {
+    use std::arch::x86_64::*;
+    let n = w.len() / 16 * 16;
+    let mut a0 = [_mm256_setzero_ps(); R];
+    let mut a1 = [_mm256_setzero_ps(); R];
+    let mut k = 0;
+    while k < n {
+        // SAFETY: k + 16 <= n <= len of w and of every x row (all have the same length).
+        unsafe {
+            let w0 = _mm256_loadu_ps(w.as_ptr().add(k));
+            let w1 = _mm256_loadu_ps(w.as_ptr().add(k + 8));
+            for r in 0..R {
+                a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r].as_ptr().add(k)), w0, a0[r]);
+                a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r].as_ptr().add(k + 8)), w1, a1[r]);
+            }
+        }
+        k += 16;
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut lanes = [0f32; 16];
+        // SAFETY: lanes holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), a0[r]);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1[r]);
+        }
+        let mut s = 0f32;
+        for v in lanes {
+            s += v;
+        }
+        for kk in n..w.len() {
+            s += x[r][kk] * w[kk];
+        }
+        out[r] = s;
+    }
+    out
+}
+
+/// [`skinny_rows`] with explicit AVX2: four rows of x per pass over a weight row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn skinny_rows_avx2(x: &[f32], t: usize, w: &Mat, in_f: usize, o0: usize, out: &mut [f32]) {
-    skinny_rows(x, t, w, in_f, o0, out)
+    let mut wide = vec![0f32; if matches!(w, Mat::Bf16(_)) { in_f } else { 0 }];
+    let xr = |tt: usize| &x[tt * in_f..(tt + 1) * in_f];
+    for j in 0..out.len() / t {
+        let o = o0 + j;
+        let row: &[f32] = match w {
+            Mat::F32(v) => &v[o * in_f..(o + 1) * in_f],
+            Mat::Bf16(v) => {
+                for (d, b) in wide.iter_mut().zip(&v[o * in_f..(o + 1) * in_f]) {
+                    *d = bf16(*b);
+                }
+                &wide
+            }
+        };
+        let mut tt = 0;
+        while tt + 4 <= t {
+            // SAFETY: called only where AVX2 and FMA are available (this fn's contract).
+            let r =
+                unsafe { dot_rows_avx2::<4>([xr(tt), xr(tt + 1), xr(tt + 2), xr(tt + 3)], row) };
+            out[j * t + tt..j * t + tt + 4].copy_from_slice(&r);
+            tt += 4;
+        }
+        while tt < t {
+            // SAFETY: as above.
+            out[j * t + tt] = unsafe { dot_rows_avx2::<1>([xr(tt)], row) }[0];
+            tt += 1;
+        }
+    }
 }
 
 fn skinny(x: &[f32], t: usize, w: &Mat, out_f: usize) -> Vec<f32> {
@@ -296,6 +366,25 @@ mod tests {
                 let want: f32 = (0..i).map(|k| x[tt * i + k] * w[oo * i + k]).sum::<f32>() + b[oo];
                 assert!((y[tt * o + oo] - want).abs() < 1e-5);
             }
+        }
+    }
+
+    #[test]
+    fn many_rows_and_single_rows_agree_bit_for_bit() {
+        let in_f = 37; // two full 16-lane chunks and a tail
+        let x: Vec<f32> = (0..7 * in_f).map(|v| (v as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..5 * in_f).map(|v| (v as f32 * 0.11).cos()).collect();
+        let all = linear(&x, 7, &Mat::F32(w.clone()), 5, None, 2);
+        for t in 0..7 {
+            let one = linear(
+                &x[t * in_f..(t + 1) * in_f],
+                1,
+                &Mat::F32(w.clone()),
+                5,
+                None,
+                1,
+            );
+            assert_eq!(&all[t * 5..(t + 1) * 5], &one[..], "row {t}");
         }
     }
 
