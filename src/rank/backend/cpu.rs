@@ -74,22 +74,27 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Row `o` of a weight matrix as f32: borrowed, or widened from bf16 into `wide`.
+#[inline(always)]
+fn weight_row<'a>(w: &'a Mat, o: usize, in_f: usize, wide: &'a mut Vec<f32>) -> &'a [f32] {
+    match w {
+        Mat::F32(v) => &v[o * in_f..(o + 1) * in_f],
+        Mat::Bf16(v) => {
+            wide.clear();
+            wide.extend(v[o * in_f..(o + 1) * in_f].iter().map(|b| bf16(*b)));
+            wide
+        }
+    }
+}
+
 /// `out[j·t + tt] = x[tt] · w[o0 + j]` for a block of output rows; each weight row is
 /// read (and widened from bf16) once for all t rows of x.
 #[inline(always)]
 fn skinny_rows(x: &[f32], t: usize, w: &Mat, in_f: usize, o0: usize, out: &mut [f32]) {
-    let mut wide = vec![0f32; if matches!(w, Mat::Bf16(_)) { in_f } else { 0 }];
+    let mut wide = Vec::new();
     for j in 0..out.len() / t {
         let o = o0 + j;
-        let row: &[f32] = match w {
-            Mat::F32(v) => &v[o * in_f..(o + 1) * in_f],
-            Mat::Bf16(v) => {
-                for (d, b) in wide.iter_mut().zip(&v[o * in_f..(o + 1) * in_f]) {
-                    *d = bf16(*b);
-                }
-                &wide
-            }
-        };
+        let row = weight_row(w, o, in_f, &mut wide);
         for tt in 0..t {
             out[j * t + tt] = dot_f32(&x[tt * in_f..(tt + 1) * in_f], row);
         }
@@ -143,19 +148,11 @@ unsafe fn dot_rows_avx2<const R: usize>(x: [&[f32]; R], w: &[f32]) -> [f32; R] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn skinny_rows_avx2(x: &[f32], t: usize, w: &Mat, in_f: usize, o0: usize, out: &mut [f32]) {
-    let mut wide = vec![0f32; if matches!(w, Mat::Bf16(_)) { in_f } else { 0 }];
+    let mut wide = Vec::new();
     let xr = |tt: usize| &x[tt * in_f..(tt + 1) * in_f];
     for j in 0..out.len() / t {
         let o = o0 + j;
-        let row: &[f32] = match w {
-            Mat::F32(v) => &v[o * in_f..(o + 1) * in_f],
-            Mat::Bf16(v) => {
-                for (d, b) in wide.iter_mut().zip(&v[o * in_f..(o + 1) * in_f]) {
-                    *d = bf16(*b);
-                }
-                &wide
-            }
-        };
+        let row = weight_row(w, o, in_f, &mut wide);
         let mut tt = 0;
         while tt + 4 <= t {
             // SAFETY: called only where AVX2 and FMA are available (this fn's contract).
