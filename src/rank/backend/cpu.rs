@@ -216,11 +216,7 @@ pub fn linear(
         y.extend(skinny(xs, xs.len() / in_f, w, out_f));
     }
     if let Some(b) = bias {
-        for row in y.chunks_exact_mut(out_f) {
-            for (v, bb) in row.iter_mut().zip(b) {
-                *v += *bb;
-            }
-        }
+        add_bias(&mut y, b);
     }
     y
 }
@@ -233,6 +229,13 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
         for (v, ww) in row.iter_mut().zip(w) {
             *v = ww * (*v * r);
         }
+    }
+}
+
+/// Adds `bias` to every row of `y` (rows of `bias.len()` values).
+pub fn add_bias(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
     }
 }
 

@@ -202,6 +202,28 @@ impl RankModel {
         Ok(x)
     }
 
+    /// A row-parallel layer with its residual: `x += all_reduce(input · wᵀ) + bias`
+    /// (the bias is added once, after the reduction).
+    #[allow(clippy::too_many_arguments)]
+    fn row_parallel(
+        &self,
+        comm: &mut dyn Comm,
+        group: &[usize],
+        input: &[f32],
+        t: usize,
+        w: &Mat,
+        bias: Option<&[f32]>,
+        x: &mut [f32],
+    ) -> io::Result<()> {
+        let mut y = cpu::linear(input, t, w, self.cfg.hidden_size, None, self.threads);
+        comm.all_reduce_sum(group, &mut y)?;
+        if let Some(b) = bias {
+            cpu::add_bias(&mut y, b);
+        }
+        cpu::add_in_place(x, &y);
+        Ok(())
+    }
+
     /// Runs this rank's part of one step. Returns, on the last stage, the logits of
     /// the requested tokens (`[rows, vocab]`, rows in chunk order); `None` elsewhere.
     pub fn forward(
@@ -283,14 +305,7 @@ impl RankModel {
                     }
                 }
             });
-            let mut o = cpu::linear(&attn, t, &l.wo, h, None, self.threads);
-            comm.all_reduce_sum(&tp_group, &mut o)?;
-            if let Some(b) = &l.bo {
-                for row in o.chunks_exact_mut(h) {
-                    cpu::add_in_place(row, b);
-                }
-            }
-            cpu::add_in_place(&mut x, &o);
+            self.row_parallel(comm, &tp_group, &attn, t, &l.wo, l.bo.as_deref(), &mut x)?;
 
             let mut a = x.clone();
             cpu::rms_norm(&mut a, &l.post_norm, eps);
@@ -304,14 +319,15 @@ impl RankModel {
             );
             let u = cpu::linear(&a, t, &l.w_up, self.inter, l.b_up.as_deref(), self.threads);
             cpu::silu_mul(&mut g, &u);
-            let mut d = cpu::linear(&g, t, &l.w_down, h, None, self.threads);
-            comm.all_reduce_sum(&tp_group, &mut d)?;
-            if let Some(b) = &l.b_down {
-                for row in d.chunks_exact_mut(h) {
-                    cpu::add_in_place(row, b);
-                }
-            }
-            cpu::add_in_place(&mut x, &d);
+            self.row_parallel(
+                comm,
+                &tp_group,
+                &g,
+                t,
+                &l.w_down,
+                l.b_down.as_deref(),
+                &mut x,
+            )?;
         }
         if !self.place.last_stage() {
             comm.send_f32(self.place.next_stage(), &x)?;
