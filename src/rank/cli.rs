@@ -49,15 +49,23 @@ pub struct ServeArgs {
     /// Turn prefix caching off.
     #[arg(long = "no-enable-prefix-caching")]
     pub no_enable_prefix_caching: bool,
-    /// KV-cache capacity in tokens on CPU (must hold one --max-model-len sequence).
-    #[arg(long = "kv-cache-tokens", default_value_t = 16384)]
-    pub kv_cache_tokens: usize,
+    /// KV-cache capacity in tokens (must hold one --max-model-len sequence).
+    /// Default: 16384 on CPU; on GPU whatever --gpu-memory-utilization leaves.
+    #[arg(long = "kv-cache-tokens")]
+    pub kv_cache_tokens: Option<usize>,
+    /// Share of each GPU's memory rrank may use (weights, workspace and KV cache).
+    #[arg(long = "gpu-memory-utilization", default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate text for one prompt offline (no HTTP), on any TP × PP placement.
     Generate(GenerateArgs),
+    /// Compile every GPU kernel with NVRTC for the given architectures and report
+    /// (needs only NVRTC and the CUDA headers, no GPU; CI runs it).
+    #[command(hide = true)]
+    Kernels(KernelsArgs),
 }
 
 /// Flags shared by every mode.
@@ -78,12 +86,26 @@ pub struct EngineArgs {
     /// Tokens per KV-cache block.
     #[arg(long = "block-size", global = true, default_value_t = 16)]
     pub block_size: usize,
-    /// Compute device: cpu (f32 reference backend).
-    #[arg(long, global = true, default_value = "cpu", value_parser = ["cpu"])]
+    /// Compute device: auto (cuda when a GPU is visible, else cpu), cuda, or cpu
+    /// (the f32 reference backend).
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "cuda", "cpu"])]
     pub device: String,
+    /// Weight and activation type on GPU: auto (bfloat16 for bf16 checkpoints,
+    /// float16 for f16 and f32 ones, as vLLM), bfloat16, float16 or float32. The CPU
+    /// backend computes in float32.
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "float32", "half", "float"])]
+    pub dtype: String,
     /// Worker threads per rank for matrix products (default: CPUs / local ranks).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+}
+
+/// `rrank kernels`.
+#[derive(Debug, Clone, Args)]
+pub struct KernelsArgs {
+    /// Target architectures, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "sm_80,sm_90")]
+    pub arch: Vec<String>,
 }
 
 /// `rrank generate`.

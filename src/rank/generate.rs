@@ -10,9 +10,10 @@ use serde_json::json;
 
 use super::RankError;
 use super::cli::{EngineArgs, GenerateArgs};
-use super::engine::sampler::{Rng, SamplingParams, sample};
-use super::kv::{BlockAllocator, BlockTable, KvCache};
-use super::model::llama::{RankModel, SeqChunk};
+use super::engine::executor::{Backend, step_rng};
+use super::engine::sampler::{DrawReq, SamplingParams, argmax};
+use super::kv::{BlockAllocator, BlockTable};
+use super::model::llama::SeqChunk;
 use super::startup::{self, Startup};
 
 fn io_err(e: std::io::Error) -> RankError {
@@ -21,15 +22,9 @@ fn io_err(e: std::io::Error) -> RankError {
 
 /// Runs `rrank generate`.
 pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
-    let s: Startup = startup::prepare(engine, args.prompt.is_some())?;
-    let Startup {
-        env,
-        place,
-        cfg,
-        codec,
-        mut comm,
-        ..
-    } = s;
+    let mut s: Startup = startup::prepare(engine, args.prompt.is_some())?;
+    let (env, place, cfg) = (s.env.clone(), s.place, s.cfg.clone());
+    let codec = s.codec.take();
     // Prompt ids: given, or tokenized (chat template unless --raw).
     let prompt: Vec<u32> = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
@@ -56,7 +51,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
             cfg.vocab_size
         )));
     }
-    let max_len = startup::max_model_len(engine, &cfg);
+    let max_len = startup::max_model_len(engine, &cfg, s.device);
     if prompt.len() + args.max_tokens > max_len {
         return Err(RankError::Invalid(format!(
             "prompt ({} tokens) + --max-tokens ({}) = {} exceeds --max-model-len ({max_len})",
@@ -67,17 +62,28 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
     }
 
     let t_load = Instant::now();
-    let model: RankModel = startup::load_model(engine, &cfg, place, env.local_world_size)?;
+    let mut backend = startup::load_backend(engine, &mut s)?;
     let load_s = t_load.elapsed().as_secs_f64();
-    let blocks = (prompt.len() + args.max_tokens).div_ceil(engine.block_size) + 1;
-    let mut kv = KvCache::new(
-        model.num_local_layers(),
-        blocks,
-        engine.block_size,
-        model.kv_heads(),
-        cfg.head_dim,
-    );
-    let mut alloc = BlockAllocator::new(blocks, engine.block_size);
+    let bs = engine.block_size;
+    let blocks = (prompt.len() + args.max_tokens).div_ceil(bs) + 1;
+    if let Backend::Cuda(m) = &mut backend {
+        let rows = if args.dump.is_some() { prompt.len() } else { 1 };
+        m.reserve(prompt.len(), rows, 1, 0, blocks)
+            .map_err(|e| RankError::Runtime(e.to_string()))?;
+    }
+    let kv = startup::plan_kv(
+        &mut s,
+        &mut backend,
+        Some(blocks * bs),
+        1.0,
+        bs,
+        prompt.len() + args.max_tokens,
+    )?;
+    if env.rank == 0 || args.dump.is_some() {
+        eprintln!("rrank: {}", kv.line);
+    }
+    let mut comm = s.comm;
+    let mut alloc = BlockAllocator::new(blocks, bs);
     let mut table = BlockTable::default();
     alloc.reserve(&mut table, prompt.len() + args.max_tokens);
 
@@ -87,7 +93,6 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         top_k: args.top_k,
         ..Default::default()
     };
-    let mut rng = Rng::new(args.seed);
     let world: Vec<usize> = (0..env.world_size).collect();
     let sampler_rank = place.sampler();
     let mut out: Vec<u32> = Vec::new();
@@ -98,25 +103,29 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
     let mut pos = 0;
     let mut step_tokens = prompt.clone();
     while out.len() < args.max_tokens {
+        let all_logits = pos == 0 && args.dump.is_some();
         let chunk = SeqChunk {
             tokens: &step_tokens,
             start: pos,
             table: &table,
-            all_logits: pos == 0 && args.dump.is_some(),
+            all_logits,
         };
-        let logits = model
-            .forward(comm.as_mut(), &mut kv, &[chunk])
+        let mut draws = [DrawReq {
+            row: if all_logits { step_tokens.len() - 1 } else { 0 },
+            params: &params,
+            rng: step_rng(args.seed, out.len() as u32),
+            logprobs: None,
+            history: None,
+        }];
+        let step = backend
+            .step(comm.as_mut(), &[chunk], &mut draws, all_logits)
             .map_err(io_err)?;
         pos += step_tokens.len();
         let mut tok_bytes = Vec::new();
-        if env.rank == sampler_rank {
-            let logits = logits.expect("the sampling rank is on the last stage");
-            let v = cfg.vocab_size;
-            let last = &logits[logits.len() - v..];
-            let t = sample(last, &params, &mut rng);
-            tok_bytes = t.to_le_bytes().to_vec();
-            if prompt_logits.is_none() && args.dump.is_some() {
-                prompt_logits = Some(logits);
+        if let Some(step) = step {
+            tok_bytes = step.sampled[0].token.to_le_bytes().to_vec();
+            if all_logits {
+                prompt_logits = step.logits;
             }
         }
         let b = comm
@@ -195,7 +204,13 @@ fn write_dump(
     out: &[u32],
 ) -> Result<(), RankError> {
     let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
-    let j = json!({"prompt_ids": prompt, "prompt_logits": rows, "tokens": out});
+    let argmax: Vec<usize> = rows.iter().map(|r| argmax(r)).collect();
+    // Full logits only where they stay small (tiny test models); the argmax always.
+    let j = if logits.len() <= 4 << 20 {
+        json!({"prompt_ids": prompt, "prompt_logits": rows, "prompt_argmax": argmax, "tokens": out})
+    } else {
+        json!({"prompt_ids": prompt, "prompt_argmax": argmax, "tokens": out})
+    };
     std::fs::write(path, j.to_string())
         .map_err(|e| RankError::Runtime(format!("cannot write {}: {e}", path.display())))
 }

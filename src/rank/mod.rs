@@ -53,6 +53,25 @@ impl RankError {
 pub fn run(cli: cli::Cli) -> Result<(), RankError> {
     match &cli.command {
         Some(cli::Command::Generate(g)) => generate::run(&cli.engine, g),
+        Some(cli::Command::Kernels(k)) => kernels(k),
         None => serve::run(&cli.engine, &cli.serve),
     }
+}
+
+/// `rrank kernels`: compiles every kernel module for each architecture.
+fn kernels(k: &cli::KernelsArgs) -> Result<(), RankError> {
+    use backend::cuda::libs::{self, Lib};
+    libs::ensure(&[Lib::Nvrtc]).map_err(RankError::Invalid)?;
+    let (ma, mi) = backend::cuda::nvrtc::version().map_err(RankError::Runtime)?;
+    for arch in &k.arch {
+        for (name, bytes, cached) in
+            backend::cuda::nvrtc::compile_all(arch).map_err(RankError::Runtime)?
+        {
+            println!(
+                "{name} {arch}: {bytes} bytes of CUBIN (NVRTC {ma}.{mi}{})",
+                if cached { ", from the cache" } else { "" }
+            );
+        }
+    }
+    Ok(())
 }

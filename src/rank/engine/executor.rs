@@ -5,15 +5,115 @@
 use std::io;
 
 use super::plan::{Plan, PlanSeq};
-use super::sampler::{Rng, Sampled, sample_with_logprobs};
+use super::sampler::{DrawReq, Rng, Sampled};
+use crate::rank::backend::cuda::model::CudaModel;
 use crate::rank::dist::Comm;
 use crate::rank::kv::{BlockTable, KvCache};
 use crate::rank::model::llama::{RankModel, SeqChunk};
 
+/// The model on its device, with its KV cache.
+pub enum Backend {
+    Cpu {
+        model: RankModel,
+        kv: Option<KvCache>,
+    },
+    Cuda(Box<CudaModel>),
+}
+
+/// What a step yields on the sampling rank.
+pub struct StepOut {
+    pub sampled: Vec<Sampled>,
+    /// Every logits row as f32 `[rows, vocab]`, when asked for.
+    pub logits: Option<Vec<f32>>,
+}
+
+impl Backend {
+    /// Bytes of weights this rank holds.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Backend::Cpu { model, .. } => model.weight_bytes(),
+            Backend::Cuda(m) => m.weight_bytes,
+        }
+    }
+
+    /// Bytes of one KV block across this rank's layers.
+    pub fn kv_block_bytes(&self, block_size: usize) -> usize {
+        match self {
+            Backend::Cpu { model, .. } => KvCache::block_bytes(
+                model.num_local_layers(),
+                block_size,
+                model.kv_heads(),
+                model.cfg.head_dim,
+            ),
+            Backend::Cuda(m) => m.kv_block_bytes(),
+        }
+    }
+
+    /// Allocates a KV cache of `blocks` blocks; returns its bytes.
+    pub fn alloc_kv(&mut self, blocks: usize, block_size: usize) -> Result<usize, String> {
+        let bytes = self.kv_block_bytes(block_size) * blocks;
+        match self {
+            Backend::Cpu { model, kv } => {
+                *kv = Some(KvCache::new(
+                    model.num_local_layers(),
+                    blocks,
+                    block_size,
+                    model.kv_heads(),
+                    model.cfg.head_dim,
+                ));
+                Ok(bytes)
+            }
+            Backend::Cuda(m) => m.alloc_kv(blocks).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Runs one step: this rank's part of the forward over `chunks`, then, on the
+    /// sampling rank, the draws (and every row's logits with `want_logits`).
+    pub fn step(
+        &mut self,
+        comm: &mut dyn Comm,
+        chunks: &[SeqChunk<'_>],
+        draws: &mut [DrawReq<'_>],
+        want_logits: bool,
+    ) -> io::Result<Option<StepOut>> {
+        match self {
+            Backend::Cpu { model, kv } => {
+                let kv = kv.as_mut().expect("KV cache allocated before the first step");
+                let logits = model.forward(comm, kv, chunks)?;
+                if comm.rank() != model.place.sampler() {
+                    return Ok(None);
+                }
+                let logits = logits.expect("the sampling rank is on the last stage");
+                let v = model.cfg.vocab_size;
+                let sampled = draws
+                    .iter_mut()
+                    .map(|d| d.on_host(&logits[d.row * v..(d.row + 1) * v]))
+                    .collect();
+                Ok(Some(StepOut {
+                    sampled,
+                    logits: want_logits.then_some(logits),
+                }))
+            }
+            Backend::Cuda(m) => {
+                let sampler = comm.rank() == m.place.sampler();
+                m.step(chunks, draws, want_logits, sampler)
+                    .map_err(|e| io::Error::other(e.to_string()))
+            }
+        }
+    }
+
+    /// The sampling rank of this placement.
+    pub fn sampler(&self) -> usize {
+        match self {
+            Backend::Cpu { model, .. } => model.place.sampler(),
+            Backend::Cuda(m) => m.place.sampler(),
+        }
+    }
+}
+
 /// A rank's model and cache.
 pub struct Executor {
-    pub model: RankModel,
-    pub kv: KvCache,
+    pub backend: Backend,
 }
 
 /// The draw generator for `seed` at generation step `step`.
@@ -40,25 +140,30 @@ impl Executor {
                 all_logits: false,
             })
             .collect();
-        let logits = self.model.forward(comm, &mut self.kv, &chunks)?;
-        let sampler = self.model.place.sampler();
+        // One logits row per non-empty chunk, in order.
+        let mut draws: Vec<DrawReq<'_>> = vec![];
+        let mut row = 0;
+        for s in seqs {
+            if s.tokens.is_empty() {
+                continue;
+            }
+            if s.sample {
+                draws.push(DrawReq {
+                    row,
+                    params: &s.params,
+                    rng: step_rng(s.seed, s.step),
+                    logprobs: s.logprobs,
+                    history: s.history.as_ref(),
+                });
+            }
+            row += 1;
+        }
+        let out = self.backend.step(comm, &chunks, &mut draws, false)?;
+        let sampler = self.backend.sampler();
         let rank = comm.rank();
         let mut drawn = Vec::new();
         if rank == sampler {
-            let v = self.model.cfg.vocab_size;
-            let logits = logits.expect("the sampling rank is on the last stage");
-            for (i, s) in seqs.iter().enumerate() {
-                if s.sample {
-                    let row = &logits[i * v..(i + 1) * v];
-                    drawn.push(sample_with_logprobs(
-                        row,
-                        &s.params,
-                        &mut step_rng(s.seed, s.step),
-                        s.logprobs,
-                        s.history.as_ref(),
-                    ));
-                }
-            }
+            drawn = out.expect("the sampling rank gets the draws").sampled;
             if sampler != 0 {
                 comm.send(0, &serde_json::to_vec(&drawn).expect("serializable"))?;
             }

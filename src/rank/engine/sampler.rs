@@ -110,6 +110,22 @@ pub struct Sampled {
     pub top: Vec<(u32, f32)>,
 }
 
+/// One token to draw from row `row` of a step's logits, on whichever backend holds them.
+pub struct DrawReq<'a> {
+    pub row: usize,
+    pub params: &'a SamplingParams,
+    pub rng: Rng,
+    pub logprobs: Option<u32>,
+    pub history: Option<&'a (Vec<u32>, Vec<u32>)>,
+}
+
+impl DrawReq<'_> {
+    /// Draws from a row of logits in host memory (the CPU backend).
+    pub fn on_host(&mut self, row: &[f32]) -> Sampled {
+        sample_with_logprobs(row, self.params, &mut self.rng, self.logprobs, self.history)
+    }
+}
+
 /// Draws a token and, with `logprobs = Some(k)`, reports log-probabilities from the raw logits.
 pub fn sample_with_logprobs(
     logits: &[f32],

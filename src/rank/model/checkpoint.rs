@@ -363,6 +363,30 @@ impl Weights<'_> {
         out
     }
 
+    /// Rows `[r0, r1)` (elements of a 1-D tensor) as stored: (safetensors dtype, bytes).
+    pub fn rows_raw(&self, name: &str, r0: usize, r1: usize) -> (&str, &[u8]) {
+        let (m, b, es) = self.raw(name);
+        let row: usize = m.shape[1..].iter().product();
+        (&m.dtype, &b[r0 * row * es..r1 * row * es])
+    }
+
+    /// Columns `[c0, c1)` of a 2-D tensor as stored, row-major `[rows, c1 - c0]`.
+    pub fn cols_raw(&self, name: &str, c0: usize, c1: usize) -> (&str, Vec<u8>) {
+        let (m, b, es) = self.raw(name);
+        let (rows, cols) = (m.shape[0], m.shape[1]);
+        let mut out = Vec::with_capacity(rows * (c1 - c0) * es);
+        for r in 0..rows {
+            let base = r * cols * es;
+            out.extend_from_slice(&b[base + c0 * es..base + c1 * es]);
+        }
+        (&m.dtype, out)
+    }
+
+    /// Rows of the tensor (the first dimension; 1 for scalars).
+    pub fn num_rows(&self, name: &str) -> usize {
+        self.raw(name).0.shape.first().copied().unwrap_or(1)
+    }
+
     /// The whole tensor as f32.
     pub fn all(&self, name: &str) -> Vec<f32> {
         let (m, b, _) = self.raw(name);

@@ -12,30 +12,22 @@ use std::sync::{Arc, Mutex};
 
 use super::RankError;
 use super::cli::{EngineArgs, ServeArgs};
-use super::engine::executor::Executor;
+use super::engine::executor::{Backend, Executor};
 use super::engine::scheduler::{Limits, Scheduler};
 use super::engine::{Engine, Stats};
-use super::kv::{BlockAllocator, KvCache};
+use super::kv::BlockAllocator;
 use super::startup;
 
 /// Runs the server (every rank).
 pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
-    let s = startup::prepare(engine, true)?;
-    let startup::Startup {
-        env,
-        place,
-        cfg,
-        codec,
-        mut comm,
-        ..
-    } = s;
-    let max_model_len = startup::max_model_len(engine, &cfg);
+    let mut s = startup::prepare(engine, true)?;
+    let max_model_len = startup::max_model_len(engine, &s.cfg, s.device);
     let bs = engine.block_size;
-    let blocks = serve.kv_cache_tokens.div_ceil(bs);
-    if blocks * bs < max_model_len {
+    if let Some(tokens) = serve.kv_cache_tokens
+        && tokens.div_ceil(bs) * bs < max_model_len
+    {
         return Err(RankError::Invalid(format!(
-            "--kv-cache-tokens {} cannot hold one --max-model-len {max_model_len} sequence; raise --kv-cache-tokens or lower --max-model-len",
-            serve.kv_cache_tokens
+            "--kv-cache-tokens {tokens} cannot hold one --max-model-len {max_model_len} sequence; raise --kv-cache-tokens or lower --max-model-len"
         )));
     }
     if serve.max_num_seqs == 0 || serve.max_num_batched_tokens == 0 {
@@ -60,8 +52,9 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
     let stats = Arc::new(Mutex::new(Stats::default()));
     let (tx, rx) = std::sync::mpsc::channel();
     let mut front = None;
+    let (env, cfg) = (s.env.clone(), s.cfg.clone());
     if env.rank == 0 {
-        let codec = Arc::new(codec.expect("tokenizer loaded for serving"));
+        let codec = Arc::new(s.codec.take().expect("tokenizer loaded for serving"));
         let state = Arc::new(http::AppState {
             codec: codec.clone(),
             submit: Mutex::new(tx),
@@ -84,31 +77,27 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         eprintln!("rrank: listening on http://{addr} (503 until the weights are loaded)");
         front = Some((state, codec, addr));
     }
-    let model = startup::load_model(engine, &cfg, place, env.local_world_size)?;
-    let kv = KvCache::new(
-        model.num_local_layers(),
-        blocks,
+    let mut backend = startup::load_backend(engine, &mut s)?;
+    if let Backend::Cuda(m) = &mut backend {
+        // The step workspace is sized for the largest step before the cache takes the rest.
+        let seqs = serve.max_num_seqs;
+        let tokens = serve.max_num_batched_tokens.max(seqs);
+        m.reserve(tokens, seqs, seqs, 0, seqs * max_model_len.div_ceil(bs))
+            .map_err(|e| RankError::Runtime(e.to_string()))?;
+    }
+    let kv = startup::plan_kv(
+        &mut s,
+        &mut backend,
+        serve.kv_cache_tokens,
+        serve.gpu_memory_utilization,
         bs,
-        model.kv_heads(),
-        cfg.head_dim,
-    );
-    let kv_bytes =
-        KvCache::block_bytes(model.num_local_layers(), bs, model.kv_heads(), cfg.head_dim) * blocks;
-    let weight_bytes = model.weight_bytes();
-    let line = format!(
-        "rank {} [tp {}/{} pp {}/{}] cpu: weights {:.1} MiB, KV cache {:.1} MiB = {} tokens",
-        env.rank,
-        place.tp_rank(),
-        place.tp,
-        place.pp_rank(),
-        place.pp,
-        weight_bytes as f64 / 1048576.0,
-        kv_bytes as f64 / 1048576.0,
-        blocks * bs
-    );
-    eprintln!("rrank: {line}");
-    let mine = serde_json::json!({"rank": env.rank, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes, "kv_tokens": blocks * bs});
-    let mut exec = Executor { model, kv };
+        max_model_len,
+    )?;
+    let blocks = kv.blocks;
+    eprintln!("rrank: {}", kv.line);
+    let mine = kv.report;
+    let mut comm = s.comm;
+    let mut exec = Executor { backend };
     if env.rank != 0 {
         comm.send(0, mine.to_string().as_bytes())
             .map_err(|e| RankError::Runtime(format!("reporting memory to rank 0: {e}")))?;
@@ -129,8 +118,18 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         .iter()
         .flat_map(|r| {
             let rank = &r["rank"];
-            ["weight_bytes", "kv_bytes", "kv_tokens"]
-                .map(|k| format!("rrun:rank_{k}{{rank=\"{rank}\"}} {}", r[k]))
+            [
+                "weight_bytes",
+                "kv_bytes",
+                "kv_tokens",
+                "workspace_bytes",
+                "used_bytes",
+                "total_bytes",
+            ]
+            .into_iter()
+            .filter(|k| !r[*k].is_null())
+            .map(|k| format!("rrun:rank_{k}{{rank=\"{rank}\"}} {}", r[k]))
+            .collect::<Vec<_>>()
         })
         .collect();
     let eos = cfg.eos_token_ids.clone();

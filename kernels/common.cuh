@@ -1,0 +1,50 @@
+// Shared helpers of rrank's kernels. The Rust side prepends this file to every
+// kernel source before NVRTC compiles it (NVRTC has no file system of its own).
+// Element types: float (f32), __nv_bfloat16 (bf16), __half (f16); arithmetic is
+// f32, and rnd<T>() rounds a value to T where transformers rounds it too.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+typedef long long i64;
+#define RR_INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float tof(float x) { return x; }
+__device__ __forceinline__ float tof(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float tof(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T fromf(float x);
+template <> __device__ __forceinline__ float fromf<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 fromf<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ __half fromf<__half>(float x) { return __float2half_rn(x); }
+
+template <typename T> __device__ __forceinline__ float rnd(float x) { return tof(fromf<T>(x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Block-wide reductions; every thread of the block must call them (uniform control
+// flow) and every thread gets the result. `sh` holds 32 floats.
+#define RR_BLOCK_REDUCE(NAME, OP, INIT)                                              \
+    __device__ float NAME(float v, float *sh) {                                      \
+        for (int o = 16; o > 0; o >>= 1) v = OP(v, __shfl_xor_sync(0xffffffffu, v, o)); \
+        int w = threadIdx.x >> 5, l = threadIdx.x & 31;                              \
+        __syncthreads();                                                             \
+        if (l == 0) sh[w] = v;                                                       \
+        __syncthreads();                                                             \
+        int nw = (blockDim.x + 31) >> 5;                                             \
+        v = (l < nw) ? sh[l] : (INIT);                                               \
+        for (int o = 16; o > 0; o >>= 1) v = OP(v, __shfl_xor_sync(0xffffffffu, v, o)); \
+        return v;                                                                    \
+    }
+__device__ __forceinline__ float rr_add(float a, float b) { return a + b; }
+RR_BLOCK_REDUCE(block_sum, rr_add, 0.f)
+RR_BLOCK_REDUCE(block_max, fmaxf, -RR_INF)
+RR_BLOCK_REDUCE(block_min, fminf, RR_INF)
+
+// Instantiates `extern "C"` wrappers NAME_f32 / NAME_bf16 / NAME_f16 of a template
+// kernel body `NAME##_impl<T>` whose parameters are given by the macro's arguments.
+#define RR_FOR_TYPES(M) M(f32, float) M(bf16, __nv_bfloat16) M(f16, __half)

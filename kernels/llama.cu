@@ -1,0 +1,218 @@
+// The Llama forward's kernels (common.cuh is prepended). GEMMs are cuBLAS; these are
+// the rest: dtype conversion, embedding, RMSNorm with a fused residual add, RoPE,
+// the paged K/V write, paged attention for packed prefill and decode tokens alike,
+// SiLU·mul, bias, residual add and row gathering. Rounding points follow
+// transformers' Llama in bf16/f16 so both round the same intermediate values.
+
+// ---- dtype conversion (weights arrive in the checkpoint's dtype) ----
+template <typename S, typename D>
+__device__ void convert_impl(const S *in, D *out, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        out[i] = fromf<D>(tof(in[i]));
+}
+#define CONVERT_TO(SS, ST, DS, DT)                                                  \
+    extern "C" __global__ void convert_##SS##_##DS(const ST *in, DT *out, i64 n) {  \
+        convert_impl<ST, DT>(in, out, n);                                           \
+    }
+#define CONVERT_FROM(SS, ST) CONVERT_TO(SS, ST, f32, float) CONVERT_TO(SS, ST, bf16, __nv_bfloat16) CONVERT_TO(SS, ST, f16, __half)
+RR_FOR_TYPES(CONVERT_FROM)
+
+// ---- embedding: rows of this rank's vocab slice, zeros elsewhere (then all-reduce) ----
+template <typename T>
+__device__ void embed_impl(const int *ids, const T *table, T *out, int hidden, int v0, int v1) {
+    i64 t = blockIdx.x;
+    int id = ids[t];
+    bool mine = id >= v0 && id < v1;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+        out[t * hidden + i] = mine ? table[(i64)(id - v0) * hidden + i] : fromf<T>(0.f);
+}
+#define EMBED(S, T)                                                                              \
+    extern "C" __global__ void embed_##S(const int *ids, const T *table, T *out, int hidden, int v0, \
+                                         int v1) {                                               \
+        embed_impl<T>(ids, table, out, hidden, v0, v1);                                          \
+    }
+RR_FOR_TYPES(EMBED)
+
+// ---- RMSNorm, one block per row; with `y`, first x = x + y (the residual add) ----
+template <typename T>
+__device__ void rms_norm_impl(T *x, const T *y, const T *w, T *out, int hidden, float eps) {
+    __shared__ float sh[32];
+    i64 row = blockIdx.x;
+    T *xr = x + row * hidden;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = tof(xr[i]);
+        if (y) {
+            v = rnd<T>(v + tof(y[row * hidden + i]));
+            xr[i] = fromf<T>(v);
+        }
+        ss += v * v;
+    }
+    ss = block_sum(ss, sh);
+    float r = rsqrtf(ss / (float)hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+        out[row * hidden + i] = fromf<T>(tof(w[i]) * rnd<T>(tof(xr[i]) * r));
+}
+#define RMS_NORM(S, T)                                                                         \
+    extern "C" __global__ void rms_norm_##S(T *x, const T *y, const T *w, T *out, int hidden,   \
+                                            float eps) {                                       \
+        rms_norm_impl<T>(x, y, w, out, hidden, eps);                                           \
+    }
+RR_FOR_TYPES(RMS_NORM)
+
+// ---- rotate-half RoPE in place on `heads` heads starting at column `off` of each row ----
+template <typename T>
+__device__ void rope_impl(T *x, const int *pos, const float *inv_freq, int heads, int hd, int stride,
+                          int off) {
+    i64 t = blockIdx.x;
+    float p = (float)pos[t];
+    int half = hd / 2;
+    T *row = x + t * stride + off;
+    for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
+        int h = j / half, i = j % half;
+        float f = p * inv_freq[i];
+        float c = rnd<T>(cosf(f)), s = rnd<T>(sinf(f));
+        T *xh = row + h * hd;
+        float a = tof(xh[i]), b = tof(xh[i + half]);
+        float o1 = rnd<T>(rnd<T>(a * c) + rnd<T>(-b * s));
+        float o2 = rnd<T>(rnd<T>(b * c) + rnd<T>(a * s));
+        xh[i] = fromf<T>(o1);
+        xh[i + half] = fromf<T>(o2);
+    }
+}
+#define ROPE(S, T)                                                                              \
+    extern "C" __global__ void rope_##S(T *x, const int *pos, const float *inv_freq, int heads,  \
+                                        int hd, int stride, int off) {                          \
+        rope_impl<T>(x, pos, inv_freq, heads, hd, stride, off);                                 \
+    }
+RR_FOR_TYPES(ROPE)
+
+// ---- K/V of each token into its cache slot; cache layout [slots, kv_heads, head_dim] ----
+template <typename T>
+__device__ void kv_write_impl(const T *qkv, T *kc, T *vc, const int *slots, int n, int stride,
+                              int k_off, int v_off) {
+    i64 t = blockIdx.x;
+    i64 slot = slots[t];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        kc[slot * n + i] = qkv[t * stride + k_off + i];
+        vc[slot * n + i] = qkv[t * stride + v_off + i];
+    }
+}
+#define KV_WRITE(S, T)                                                                            \
+    extern "C" __global__ void kv_write_##S(const T *qkv, T *kc, T *vc, const int *slots, int n,   \
+                                            int stride, int k_off, int v_off) {                   \
+        kv_write_impl<T>(qkv, kc, vc, slots, n, stride, k_off, v_off);                            \
+    }
+RR_FOR_TYPES(KV_WRITE)
+
+// ---- paged attention: one warp per (token, query head), online softmax over the
+// token's sequence up to its own position (causal), read through the block table.
+// Works for prefill chunks (with cached prefixes) and decode tokens in one launch.
+// head_dim <= 256; lane l holds dims l, l+32, ...
+template <typename T>
+__device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, const int *tok_pos,
+                               const int *tok_tab, const int *blocks, int heads, int kvh_local,
+                               int hd, int stride, int q_start, int group, int kv_start, int bs,
+                               float scale, int window) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    i64 t = blockIdx.x;
+    int h = blockIdx.y * (blockDim.x >> 5) + warp;
+    if (h >= heads) return;
+    int pos = tok_pos[t];
+    const int *tab = blocks + tok_tab[t];
+    int kvh = (q_start + h) / group - kv_start;
+    const T *q = qkv + t * stride + (i64)h * hd;
+    float qv[8], acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int d = lane + 32 * i;
+        qv[i] = d < hd ? tof(q[d]) : 0.f;
+        acc[i] = 0.f;
+    }
+    float m = -RR_INF, l = 0.f;
+    int first = window > 0 ? max(0, pos + 1 - window) : 0;
+    i64 row = (i64)kvh_local * hd;
+    for (int j = first; j <= pos; j++) {
+        i64 slot = (i64)tab[j / bs] * bs + j % bs;
+        const T *k = kc + slot * row + (i64)kvh * hd;
+        const T *v = vc + slot * row + (i64)kvh * hd;
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int d = lane + 32 * i;
+            if (d < hd) s += qv[i] * tof(k[d]);
+        }
+        s = warp_sum(s) * scale;
+        float mn = fmaxf(m, s);
+        float corr = expf(m - mn);
+        float p = expf(s - mn);
+        l = l * corr + p;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int d = lane + 32 * i;
+            if (d < hd) acc[i] = acc[i] * corr + p * tof(v[d]);
+        }
+        m = mn;
+    }
+    T *o = out + t * (i64)heads * hd + (i64)h * hd;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int d = lane + 32 * i;
+        if (d < hd) o[d] = fromf<T>(acc[i] / l);
+    }
+}
+#define ATTENTION(S, T)                                                                          \
+    extern "C" __global__ void attention_##S(                                                   \
+        const T *qkv, const T *kc, const T *vc, T *out, const int *tok_pos, const int *tok_tab,  \
+        const int *blocks, int heads, int kvh_local, int hd, int stride, int q_start, int group, \
+        int kv_start, int bs, float scale, int window) {                                         \
+        attention_impl<T>(qkv, kc, vc, out, tok_pos, tok_tab, blocks, heads, kvh_local, hd,      \
+                          stride, q_start, group, kv_start, bs, scale, window);                  \
+    }
+RR_FOR_TYPES(ATTENTION)
+
+// ---- SiLU(gate) * up from the fused [t, 2 * inter] gate|up product ----
+template <typename T> __device__ void silu_mul_impl(const T *gu, T *out, int inter, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 t = i / inter, c = i % inter;
+        float g = tof(gu[t * 2 * inter + c]), u = tof(gu[t * 2 * inter + inter + c]);
+        out[i] = fromf<T>(rnd<T>(g / (1.f + expf(-g))) * u);
+    }
+}
+#define SILU_MUL(S, T)                                                                      \
+    extern "C" __global__ void silu_mul_##S(const T *gu, T *out, int inter, i64 n) {        \
+        silu_mul_impl<T>(gu, out, inter, n);                                                \
+    }
+RR_FOR_TYPES(SILU_MUL)
+
+// ---- x[r, c] += b[c] ----
+template <typename T> __device__ void add_bias_impl(T *x, const T *b, int cols, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        x[i] = fromf<T>(tof(x[i]) + tof(b[i % cols]));
+}
+#define ADD_BIAS(S, T)                                                                     \
+    extern "C" __global__ void add_bias_##S(T *x, const T *b, int cols, i64 n) {           \
+        add_bias_impl<T>(x, b, cols, n);                                                   \
+    }
+RR_FOR_TYPES(ADD_BIAS)
+
+// ---- x += y ----
+template <typename T> __device__ void add_impl(T *x, const T *y, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        x[i] = fromf<T>(tof(x[i]) + tof(y[i]));
+}
+#define ADD(S, T) \
+    extern "C" __global__ void add_##S(T *x, const T *y, i64 n) { add_impl<T>(x, y, n); }
+RR_FOR_TYPES(ADD)
+
+// ---- out[r] = x[rows[r]] ----
+template <typename T> __device__ void gather_rows_impl(const T *x, const int *rows, T *out, int cols) {
+    i64 r = blockIdx.x;
+    i64 src = rows[r];
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) out[r * cols + i] = x[src * cols + i];
+}
+#define GATHER_ROWS(S, T)                                                                      \
+    extern "C" __global__ void gather_rows_##S(const T *x, const int *rows, T *out, int cols) { \
+        gather_rows_impl<T>(x, rows, out, cols);                                               \
+    }
+RR_FOR_TYPES(GATHER_ROWS)

@@ -1,0 +1,403 @@
+//! The CUDA backend: one GPU per rank (LOCAL_RANK among the visible GPUs), one
+//! non-default stream, kernels from `kernels/` compiled by NVRTC ([`nvrtc`]),
+//! GEMMs through cuBLAS (f32 accumulate), NCCL communicators whose ids travel
+//! through the store ([`nccl`]), the sharded model with its paged KV cache in
+//! device memory ([`model`]) and sampling on the GPU ([`sample`]).
+//!
+//! Libraries are loaded at run time by cudarc; [`libs`] checks for them first so a
+//! missing one is a clear error, never cudarc's panic. Device memory is handled as
+//! raw pointers ([`DevBuf`]) passed to kernels by value, which keeps offsets into
+//! fused weights and workspaces simple.
+
+pub mod libs;
+pub mod model;
+pub mod nccl;
+pub mod nvrtc;
+pub mod sample;
+
+use std::collections::HashMap;
+use std::ffi::{CString, c_void};
+use std::sync::Arc;
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{CudaContext, CudaStream, result as drv, sys as drv_sys};
+
+/// What went wrong on the GPU side.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// A refusal before anything ran: libraries, GPU count, memory (exit code 2).
+    #[error("{0}")]
+    Setup(String),
+    /// A failure while running (exit code 1).
+    #[error("{0}")]
+    Run(String),
+}
+
+pub type Result<T> = std::result::Result<T, GpuError>;
+
+fn run_err(what: &str) -> impl Fn(drv::DriverError) -> GpuError + '_ {
+    move |e| GpuError::Run(format!("{what}: {e:?}"))
+}
+
+/// Element type on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DType {
+    /// Parses a safetensors dtype or a `--dtype` value.
+    pub fn parse(s: &str) -> Option<DType> {
+        match s {
+            "F32" | "float32" | "float" => Some(DType::F32),
+            "BF16" | "bfloat16" => Some(DType::Bf16),
+            "F16" | "float16" | "half" => Some(DType::F16),
+            _ => None,
+        }
+    }
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            _ => 2,
+        }
+    }
+    /// Kernel name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::Bf16 => "bf16",
+            DType::F16 => "f16",
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::Bf16 => "bfloat16",
+            DType::F16 => "float16",
+        }
+    }
+    fn blas(self) -> blas_sys::cudaDataType {
+        match self {
+            DType::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+            DType::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+            DType::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+        }
+    }
+}
+
+/// A device allocation, freed on drop.
+#[derive(Debug)]
+pub struct DevBuf {
+    pub ptr: u64,
+    pub bytes: usize,
+}
+
+impl DevBuf {
+    /// Address of element `i` of size `es`.
+    pub fn at(&self, i: usize, es: usize) -> u64 {
+        self.ptr + (i * es) as u64
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if self.ptr != 0 {
+            // SAFETY: allocated by malloc_sync and freed once.
+            let _ = unsafe { drv::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Kernel arguments: each value in an 8-byte slot (pointers, i64, or i32/f32 in the
+/// low bytes, which is how a 4-byte parameter is read on little-endian x86-64).
+#[derive(Default)]
+pub struct Args {
+    slots: Vec<u64>,
+}
+
+impl Args {
+    pub fn new() -> Args {
+        Args {
+            slots: Vec::with_capacity(24),
+        }
+    }
+    pub fn ptr(mut self, p: u64) -> Args {
+        self.slots.push(p);
+        self
+    }
+    pub fn i32(mut self, v: i32) -> Args {
+        self.slots.push(v as u32 as u64);
+        self
+    }
+    pub fn i64(mut self, v: i64) -> Args {
+        self.slots.push(v as u64);
+        self
+    }
+    pub fn f32(mut self, v: f32) -> Args {
+        self.slots.push(v.to_bits() as u64);
+        self
+    }
+}
+
+/// One rank's GPU: context, stream, cuBLAS handle and loaded kernels.
+pub struct Gpu {
+    pub ordinal: usize,
+    pub name: String,
+    pub total_mem: usize,
+    blas: blas_sys::cublasHandle_t,
+    funcs: HashMap<String, drv_sys::CUfunction>,
+    pub stream: Arc<CudaStream>,
+    pub ctx: Arc<CudaContext>,
+}
+
+impl Gpu {
+    /// Opens GPU `local_rank` of the visible ones after checking the libraries and
+    /// that `local_world` ranks fit on this machine's GPUs; compiles (or loads from
+    /// the cache) every kernel module for its architecture.
+    pub fn open(local_rank: usize, local_world: usize) -> Result<Gpu> {
+        libs::ensure(&[
+            libs::Lib::Driver,
+            libs::Lib::Nvrtc,
+            libs::Lib::Cublas,
+            libs::Lib::CublasLt,
+        ])
+        .map_err(GpuError::Setup)?;
+        drv::init().map_err(|e| GpuError::Setup(format!("the CUDA driver did not start: {e:?}")))?;
+        let count = drv::device::get_count()
+            .map_err(|e| GpuError::Setup(format!("cannot count GPUs: {e:?}")))?
+            as usize;
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into());
+        if count == 0 {
+            return Err(GpuError::Setup(format!(
+                "no GPU is visible (CUDA_VISIBLE_DEVICES={visible}); use --device cpu or check the driver with nvidia-smi"
+            )));
+        }
+        if local_world > count {
+            return Err(GpuError::Setup(format!(
+                "{local_world} ranks on this machine (LOCAL_WORLD_SIZE) but only {count} GPU(s) visible (CUDA_VISIBLE_DEVICES={visible}); one rank per GPU: use --nproc-per-node {count} or fewer"
+            )));
+        }
+        if local_rank >= count {
+            return Err(GpuError::Setup(format!(
+                "LOCAL_RANK {local_rank} has no GPU: {count} visible (CUDA_VISIBLE_DEVICES={visible})"
+            )));
+        }
+        let ctx = CudaContext::new(local_rank)
+            .map_err(|e| GpuError::Setup(format!("cannot open GPU {local_rank}: {e:?}")))?;
+        // SAFETY: before any allocation; this engine uses one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(run_err("cannot create a stream"))?;
+        let name = ctx.name().unwrap_or_else(|_| "GPU".into());
+        let total_mem = ctx.total_mem().map_err(run_err("total memory"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(run_err("compute capability"))?;
+        let arch = format!("sm_{major}{minor}");
+        let include = libs::include_dir().map_err(GpuError::Setup)?;
+        let mut funcs = HashMap::new();
+        for (mname, src) in nvrtc::MODULES {
+            let img = nvrtc::compile(mname, &nvrtc::full_source(src), &arch, &include)
+                .map_err(GpuError::Setup)?;
+            // SAFETY: a CUBIN image produced by NVRTC for this GPU's architecture.
+            let module = unsafe { drv::module::load_data(img.cubin.as_ptr() as *const c_void) }
+                .map_err(run_err("loading a kernel module"))?;
+            for f in kernel_names(src) {
+                let c = CString::new(f.as_str()).expect("kernel names have no NUL");
+                // SAFETY: module is loaded and stays loaded for the process.
+                let func = unsafe { drv::module::get_function(module, c) }
+                    .map_err(|e| GpuError::Run(format!("kernel {f} missing: {e:?}")))?;
+                funcs.insert(f, func);
+            }
+        }
+        let blas = blas::create_handle()
+            .map_err(|e| GpuError::Setup(format!("cuBLAS did not start: {e:?}")))?;
+        // SAFETY: a fresh handle and this context's stream.
+        unsafe { blas::set_stream(blas, stream.cu_stream() as blas_sys::cudaStream_t) }
+            .map_err(|e| GpuError::Run(format!("cublasSetStream: {e:?}")))?;
+        Ok(Gpu {
+            ordinal: local_rank,
+            name,
+            total_mem,
+            blas,
+            funcs,
+            stream,
+            ctx,
+        })
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(run_err("cuMemGetInfo"))
+    }
+
+    /// Allocates `bytes` (zeroed).
+    pub fn alloc(&self, bytes: usize) -> Result<DevBuf> {
+        if bytes == 0 {
+            return Ok(DevBuf { ptr: 0, bytes: 0 });
+        }
+        self.ctx.bind_to_thread().map_err(run_err("binding the context"))?;
+        // SAFETY: plain device allocation; freed by DevBuf's drop.
+        let ptr = unsafe { drv::malloc_sync(bytes) }.map_err(|e| {
+            let (free, total) = self.mem_info().unwrap_or((0, 0));
+            GpuError::Setup(format!(
+                "out of GPU memory allocating {:.2} GiB on GPU {} ({:.2} GiB free of {:.2} GiB): {e:?}",
+                gib(bytes),
+                self.ordinal,
+                gib(free),
+                gib(total)
+            ))
+        })?;
+        // SAFETY: `ptr` holds `bytes` bytes.
+        unsafe { drv::memset_d8_sync(ptr, 0, bytes) }.map_err(run_err("memset"))?;
+        Ok(DevBuf { ptr, bytes })
+    }
+
+    /// Copies host bytes to device address `dst` (synchronous).
+    pub fn upload<T>(&self, dst: u64, src: &[T]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller sized `dst` for `src`.
+        unsafe { drv::memcpy_htod_sync(dst, src) }.map_err(run_err("host to device copy"))
+    }
+
+    /// Copies device bytes at `src` into `dst` (after the stream's work is done).
+    pub fn download<T>(&self, dst: &mut [T], src: u64) -> Result<()> {
+        self.sync()?;
+        if dst.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller sized `dst` for the bytes at `src`.
+        unsafe { drv::memcpy_dtoh_sync(dst, src) }.map_err(run_err("device to host copy"))
+    }
+
+    /// Waits for the stream.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(run_err("stream synchronize"))
+    }
+
+    /// Launches kernel `name` on the stream.
+    pub fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
+        let f = *self
+            .funcs
+            .get(name)
+            .ok_or_else(|| GpuError::Run(format!("no kernel named {name}")))?;
+        let mut slots = args.slots;
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: the argument list matches the kernel's signature (checked by the
+        // GPU tests); pointers are live device allocations.
+        unsafe {
+            drv::launch_kernel(
+                f,
+                grid,
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| GpuError::Run(format!("launching {name}: {e:?}")))
+    }
+
+    /// A grid-stride elementwise launch over `n` elements.
+    pub fn launch_1d(&self, name: &str, n: usize, args: Args) -> Result<()> {
+        let blocks = n.div_ceil(256).clamp(1, 65535) as u32;
+        self.launch(name, (blocks, 1, 1), 256, args)
+    }
+
+    /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major, the weight as stored by HF), f32 accumulate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(&self, dt: DType, m: usize, n: usize, k: usize, x: u64, w: u64, y: u64) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (alpha, beta) = (1f32, 0f32);
+        // SAFETY: buffers sized by the caller; column-major view: yᵀ = w · xᵀ.
+        unsafe {
+            blas::gemm_ex(
+                self.blas,
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const c_void,
+                w as *const c_void,
+                dt.blas(),
+                k as i32,
+                x as *const c_void,
+                dt.blas(),
+                k as i32,
+                &beta as *const f32 as *const c_void,
+                y as *mut c_void,
+                dt.blas(),
+                n as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| GpuError::Run(format!("cuBLAS GEMM {m}x{n}x{k}: {e:?}")))
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created in open and is destroyed once.
+        let _ = unsafe { blas::destroy_handle(self.blas) };
+    }
+}
+
+/// Names of the `extern "C" __global__` kernels a module defines, from the
+/// instantiation macros (`RR_FOR_TYPES(X)` with `#define X(S, T) ... void name_##S(`).
+pub fn kernel_names(src: &str) -> Vec<String> {
+    let mut out = vec![];
+    for line in src.lines() {
+        let line = line.trim_start();
+        let Some(rest) = line.split("__global__ void ").nth(1) else {
+            continue;
+        };
+        let Some(base) = rest.split('(').next() else {
+            continue;
+        };
+        let base = base.trim();
+        if let Some(stem) = base.strip_suffix("##_##DS") {
+            // convert_##SS##_##DS
+            let stem = stem.trim_end_matches("##SS");
+            for s in ["f32", "bf16", "f16"] {
+                for d in ["f32", "bf16", "f16"] {
+                    out.push(format!("{stem}{s}_{d}"));
+                }
+            }
+        } else if let Some(stem) = base.strip_suffix("##S") {
+            for s in ["f32", "bf16", "f16"] {
+                out.push(format!("{stem}{s}"));
+            }
+        }
+    }
+    out
+}
+
+/// Bytes as GiB.
+pub fn gib(b: usize) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_is_found_in_the_sources() {
+        let llama = kernel_names(nvrtc::MODULES[0].1);
+        assert!(llama.contains(&"convert_bf16_f32".to_string()), "{llama:?}");
+        assert!(llama.contains(&"attention_f16".to_string()));
+        assert!(llama.contains(&"rms_norm_bf16".to_string()));
+        assert_eq!(llama.len(), 9 + 3 * 9, "{llama:?}");
+        assert_eq!(kernel_names(nvrtc::MODULES[1].1), ["sample_f32", "sample_bf16", "sample_f16"]);
+    }
+}

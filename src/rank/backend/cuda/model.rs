@@ -1,0 +1,653 @@
+//! The Llama family on one GPU rank, sharded exactly as the CPU model
+//! (`model/llama.rs`): fused q|k|v and gate|up column-parallel products, o and down
+//! row-parallel with an NCCL all-reduce each, a vocab-parallel embedding and LM
+//! head (padded to equal slices so one all-gather collects the logits), KV heads
+//! split or replicated, and a contiguous layer range per pipeline stage with NCCL
+//! send/recv between stages.
+//!
+//! Weights stream from the memory map to the GPU in the checkpoint's dtype and are
+//! converted there. The paged KV cache is one K and one V buffer per layer,
+//! `[num_blocks · block_size, kv_heads, head_dim]` (NHD). Every step runs on the
+//! rank's one stream; host metadata (ids, positions, block tables, slots) is copied
+//! up once per step.
+
+use std::collections::HashMap;
+
+use super::nccl::Nccl;
+use super::sample::{self, MAX_TOP, Scratch};
+use super::{Args, DType, DevBuf, Gpu, GpuError, Result};
+use crate::rank::backend::cpu;
+use crate::rank::dist::Placement;
+use crate::rank::engine::executor::StepOut;
+use crate::rank::engine::sampler::DrawReq;
+use crate::rank::model::checkpoint::Weights;
+use crate::rank::model::config::{ModelConfig, stage_layers};
+use crate::rank::model::llama::{SeqChunk, vocab_range};
+use crate::store::Client;
+
+struct Layer {
+    in_norm: DevBuf,
+    post_norm: DevBuf,
+    /// `[nq + 2·nkv, hidden]`
+    qkv: DevBuf,
+    qkv_bias: Option<DevBuf>,
+    /// `[hidden, nq]`
+    o: DevBuf,
+    o_bias: Option<DevBuf>,
+    /// `[2·inter, hidden]`
+    gu: DevBuf,
+    gu_bias: Option<DevBuf>,
+    /// `[hidden, inter]`
+    down: DevBuf,
+    down_bias: Option<DevBuf>,
+}
+
+/// Communicators: `tp` for the stage's reductions, `world` for stage hand-offs.
+struct Comms {
+    tp: Option<Nccl>,
+    world: Option<Nccl>,
+}
+
+/// This rank's part of the model on its GPU.
+pub struct CudaModel {
+    pub cfg: ModelConfig,
+    pub place: Placement,
+    pub dt: DType,
+    pub layers: (usize, usize),
+    pub weight_bytes: usize,
+    pub block_size: usize,
+    pub kv_blocks: usize,
+    heads: usize,
+    kv_heads: usize,
+    q_start: usize,
+    kv_start: usize,
+    inter: usize,
+    /// Vocab rows per TP rank (the LM head is padded to this).
+    chunk: usize,
+    v0: usize,
+    v1: usize,
+    weights: Vec<Layer>,
+    embed: Option<DevBuf>,
+    final_norm: Option<DevBuf>,
+    lm_head: Option<DevBuf>,
+    inv_freq: DevBuf,
+    kv: Vec<(DevBuf, DevBuf)>,
+    ws: HashMap<&'static str, DevBuf>,
+    staging: Option<DevBuf>,
+    comms: Comms,
+    pub gpu: Gpu,
+}
+
+fn grow(gpu: &Gpu, ws: &mut HashMap<&'static str, DevBuf>, name: &'static str, bytes: usize) -> Result<u64> {
+    let bytes = bytes.max(16);
+    if let Some(b) = ws.get(name)
+        && b.bytes >= bytes
+    {
+        return Ok(b.ptr);
+    }
+    ws.remove(name);
+    let b = gpu.alloc(bytes)?;
+    let p = b.ptr;
+    ws.insert(name, b);
+    Ok(p)
+}
+
+impl CudaModel {
+    /// Loads this rank's slices onto `gpu` in `dt` and joins the NCCL groups.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        gpu: Gpu,
+        cfg: ModelConfig,
+        w: &Weights<'_>,
+        place: Placement,
+        dt: DType,
+        block_size: usize,
+        store: Option<&mut Client>,
+        attempt: u32,
+    ) -> Result<CudaModel> {
+        let (tp, tr) = (place.tp, place.tp_rank());
+        let hd = cfg.head_dim;
+        let heads = cfg.num_heads / tp;
+        let kv_heads = cfg.kv_heads_per_rank(tp);
+        let kv_start = cfg.kv_head_start(tp, tr);
+        let inter = cfg.intermediate_size / tp;
+        let (v0, v1) = vocab_range(cfg.vocab_size, tp, tr);
+        let chunk = cfg.vocab_size.div_ceil(tp);
+        // Communicators first: a peer that fails to load must not leave others
+        // waiting in ncclCommInitRank after they spent minutes loading.
+        let mut comms = Comms {
+            tp: None,
+            world: None,
+        };
+        if let Some(store) = store {
+            if place.pp > 1 {
+                comms.world = Some(Nccl::join(&gpu, store, attempt, "world", place.rank, tp * place.pp)?);
+            }
+            if tp > 1 {
+                let name = format!("tp{}", place.pp_rank());
+                comms.tp = Some(Nccl::join(&gpu, store, attempt, &name, tr, tp)?);
+            }
+        }
+        let mut m = CudaModel {
+            layers: stage_layers(cfg.num_layers, place.pp, place.pp_rank()),
+            weight_bytes: 0,
+            block_size,
+            kv_blocks: 0,
+            heads,
+            kv_heads,
+            q_start: tr * heads,
+            kv_start,
+            inter,
+            chunk,
+            v0,
+            v1,
+            weights: vec![],
+            embed: None,
+            final_norm: None,
+            lm_head: None,
+            inv_freq: DevBuf { ptr: 0, bytes: 0 },
+            kv: vec![],
+            ws: HashMap::new(),
+            staging: None,
+            comms,
+            dt,
+            place,
+            gpu,
+            cfg,
+        };
+        let inv = cpu::inv_freq(&m.cfg);
+        m.inv_freq = m.gpu.alloc(inv.len() * 4)?;
+        m.gpu.upload(m.inv_freq.ptr, &inv)?;
+        let h = m.cfg.hidden_size;
+        let (nq, nkv) = (heads * hd, kv_heads * hd);
+        let (q0, q1) = (tr * nq, (tr + 1) * nq);
+        let (k0, k1) = (kv_start * hd, (kv_start + kv_heads) * hd);
+        let (i0, i1) = (tr * inter, (tr + 1) * inter);
+        for l in m.layers.0..m.layers.1 {
+            let n = |s: &str| format!("model.layers.{l}.{s}");
+            let in_norm = m.rows_to_new(w, &n("input_layernorm.weight"), 0, h, h)?;
+            let post_norm = m.rows_to_new(w, &n("post_attention_layernorm.weight"), 0, h, h)?;
+            let qkv = m.alloc_t((nq + 2 * nkv) * h)?;
+            m.rows_into(w, &n("self_attn.q_proj.weight"), q0, q1, qkv.ptr)?;
+            m.rows_into(w, &n("self_attn.k_proj.weight"), k0, k1, qkv.at(nq * h, dt.size()))?;
+            m.rows_into(w, &n("self_attn.v_proj.weight"), k0, k1, qkv.at((nq + nkv) * h, dt.size()))?;
+            let qkv_bias = if w.has(&n("self_attn.q_proj.bias")) {
+                let b = m.alloc_t(nq + 2 * nkv)?;
+                m.rows_into(w, &n("self_attn.q_proj.bias"), q0, q1, b.ptr)?;
+                for (name, at) in [("k", nq), ("v", nq + nkv)] {
+                    let bn = n(&format!("self_attn.{name}_proj.bias"));
+                    if w.has(&bn) {
+                        m.rows_into(w, &bn, k0, k1, b.at(at, dt.size()))?;
+                    }
+                }
+                Some(b)
+            } else {
+                None
+            };
+            let o = m.cols_to_new(w, &n("self_attn.o_proj.weight"), q0, q1, h * nq)?;
+            let o_bias = m.opt_all(w, &n("self_attn.o_proj.bias"), h)?;
+            let gu = m.alloc_t(2 * inter * h)?;
+            m.rows_into(w, &n("mlp.gate_proj.weight"), i0, i1, gu.ptr)?;
+            m.rows_into(w, &n("mlp.up_proj.weight"), i0, i1, gu.at(inter * h, dt.size()))?;
+            let gu_bias = if w.has(&n("mlp.gate_proj.bias")) {
+                let b = m.alloc_t(2 * inter)?;
+                m.rows_into(w, &n("mlp.gate_proj.bias"), i0, i1, b.ptr)?;
+                m.rows_into(w, &n("mlp.up_proj.bias"), i0, i1, b.at(inter, dt.size()))?;
+                Some(b)
+            } else {
+                None
+            };
+            let down = m.cols_to_new(w, &n("mlp.down_proj.weight"), i0, i1, h * inter)?;
+            let down_bias = m.opt_all(w, &n("mlp.down_proj.bias"), h)?;
+            m.weights.push(Layer {
+                in_norm,
+                post_norm,
+                qkv,
+                qkv_bias,
+                o,
+                o_bias,
+                gu,
+                gu_bias,
+                down,
+                down_bias,
+            });
+        }
+        if place.first_stage() {
+            m.embed = Some(m.rows_to_new(w, "model.embed_tokens.weight", v0, v1, (v1 - v0) * h)?);
+        }
+        if place.last_stage() {
+            let name = if w.has("lm_head.weight") {
+                "lm_head.weight"
+            } else {
+                "model.embed_tokens.weight"
+            };
+            m.lm_head = Some(m.rows_to_new(w, name, v0, v1, chunk * h)?);
+            m.final_norm = Some(m.rows_to_new(w, "model.norm.weight", 0, h, h)?);
+        }
+        m.staging = None;
+        m.gpu.sync()?;
+        Ok(m)
+    }
+
+    fn alloc_t(&mut self, elems: usize) -> Result<DevBuf> {
+        let b = self.gpu.alloc(elems * self.dt.size())?;
+        self.weight_bytes += b.bytes;
+        Ok(b)
+    }
+
+    /// Copies stored bytes of dtype `src` to `dst`, converting on the GPU.
+    fn put(&mut self, src: &str, bytes: &[u8], dst: u64) -> Result<()> {
+        let sd = DType::parse(src)
+            .ok_or_else(|| GpuError::Setup(format!("unsupported tensor dtype {src}")))?;
+        if sd == self.dt {
+            return self.gpu.upload(dst, bytes);
+        }
+        if self.staging.as_ref().is_none_or(|s| s.bytes < bytes.len()) {
+            self.staging = None;
+            self.staging = Some(self.gpu.alloc(bytes.len())?);
+        }
+        let st = self.staging.as_ref().expect("just made").ptr;
+        self.gpu.upload(st, bytes)?;
+        let n = bytes.len() / sd.size();
+        self.gpu.launch_1d(
+            &format!("convert_{}_{}", sd.suffix(), self.dt.suffix()),
+            n,
+            Args::new().ptr(st).ptr(dst).i64(n as i64),
+        )?;
+        // The staging buffer is reused by the next tensor.
+        self.gpu.sync()
+    }
+
+    fn rows_into(&mut self, w: &Weights<'_>, name: &str, r0: usize, r1: usize, dst: u64) -> Result<()> {
+        let (d, b) = w.rows_raw(name, r0, r1);
+        let d = d.to_string();
+        self.put(&d, b, dst)
+    }
+
+    fn rows_to_new(&mut self, w: &Weights<'_>, name: &str, r0: usize, r1: usize, elems: usize) -> Result<DevBuf> {
+        let buf = self.alloc_t(elems)?;
+        self.rows_into(w, name, r0, r1, buf.ptr)?;
+        Ok(buf)
+    }
+
+    fn cols_to_new(&mut self, w: &Weights<'_>, name: &str, c0: usize, c1: usize, elems: usize) -> Result<DevBuf> {
+        let buf = self.alloc_t(elems)?;
+        let (d, b) = w.cols_raw(name, c0, c1);
+        let d = d.to_string();
+        self.put(&d, &b, buf.ptr)?;
+        Ok(buf)
+    }
+
+    fn opt_all(&mut self, w: &Weights<'_>, name: &str, n: usize) -> Result<Option<DevBuf>> {
+        if !w.has(name) {
+            return Ok(None);
+        }
+        self.rows_to_new(w, name, 0, n, n).map(Some)
+    }
+
+    /// KV heads this rank caches per layer.
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads
+    }
+
+    /// Bytes of one KV block across this rank's layers.
+    pub fn kv_block_bytes(&self) -> usize {
+        2 * (self.layers.1 - self.layers.0) * self.block_size * self.kv_heads * self.cfg.head_dim * self.dt.size()
+    }
+
+    /// Allocates the paged cache: `blocks` blocks of every layer's K and V.
+    pub fn alloc_kv(&mut self, blocks: usize) -> Result<usize> {
+        self.kv.clear();
+        let per = blocks * self.block_size * self.kv_heads * self.cfg.head_dim * self.dt.size();
+        for _ in self.layers.0..self.layers.1 {
+            let k = self.gpu.alloc(per)?;
+            let v = self.gpu.alloc(per)?;
+            self.kv.push((k, v));
+        }
+        self.kv_blocks = blocks;
+        Ok(2 * per * (self.layers.1 - self.layers.0))
+    }
+
+    /// Bytes of the step workspace in use.
+    pub fn workspace_bytes(&self) -> usize {
+        self.ws.values().map(|b| b.bytes).sum()
+    }
+
+    /// Sizes the workspace for steps of up to `tokens` tokens, `rows` logits rows,
+    /// `draws` draws with `pens` history entries, before the KV cache takes the rest.
+    pub fn reserve(&mut self, tokens: usize, rows: usize, draws: usize, pens: usize, blocks: usize) -> Result<()> {
+        let (es, h, hd) = (self.dt.size(), self.cfg.hidden_size, self.cfg.head_dim);
+        let (nq, nkv) = (self.heads * hd, self.kv_heads * hd);
+        let (t, r, tp) = (tokens, rows, self.place.tp);
+        let vocab = self.cfg.vocab_size;
+        let sizes: [(&'static str, usize); 21] = [
+            ("tok", t * 4),
+            ("pos", t * 4),
+            ("tab", t * 4),
+            ("slot", t * 4),
+            ("blocks", blocks * 4),
+            ("x", t * h * es),
+            ("y", t * h * es),
+            ("a", t * h * es),
+            ("qkv", t * (nq + 2 * nkv) * es),
+            ("attn", t * nq * es),
+            ("gu", t * 2 * self.inter * es),
+            ("act", t * self.inter * es),
+            ("rows", r * 4),
+            ("sel", r * h * es),
+            ("seln", r * h * es),
+            ("lg", r * self.chunk * es),
+            ("lgall", tp * r * self.chunk * es),
+            ("draws", draws * 48),
+            ("pens", pens * 12),
+            ("work", draws * vocab * 4),
+            ("out", draws * (8 + MAX_TOP * 8)),
+        ];
+        let last = self.place.last_stage();
+        for (name, bytes) in sizes {
+            let logits_part = matches!(
+                name,
+                "rows" | "sel" | "seln" | "lg" | "lgall" | "draws" | "pens" | "work" | "out"
+            );
+            if logits_part && !last {
+                continue;
+            }
+            grow(&self.gpu, &mut self.ws, name, bytes)?;
+        }
+        Ok(())
+    }
+
+    fn tp_all_reduce(&self, buf: u64, count: usize) -> Result<()> {
+        match &self.comms.tp {
+            Some(c) => c.all_reduce_sum(buf, count, self.dt),
+            None => Ok(()),
+        }
+    }
+
+    fn launch_rows(&self, name: &str, rows: usize, cols: usize, args: Args) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let block = cols.next_multiple_of(32).clamp(32, 1024) as u32;
+        self.gpu.launch(
+            &format!("{name}_{}", self.dt.suffix()),
+            (rows as u32, 1, 1),
+            block,
+            args,
+        )
+    }
+
+    fn elementwise(&self, name: &str, n: usize, args: Args) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.gpu
+            .launch_1d(&format!("{name}_{}", self.dt.suffix()), n, args)
+    }
+
+    /// Runs this rank's part of one step over `chunks`. On the sampling rank
+    /// (`sampler`), draws `draws` from the logits rows and, with `want_logits`, also
+    /// returns every row's logits; `None` elsewhere.
+    pub fn step(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        draws: &mut [DrawReq<'_>],
+        want_logits: bool,
+        sampler: bool,
+    ) -> Result<Option<StepOut>> {
+        let cfg = &self.cfg;
+        let (h, hd, bs) = (cfg.hidden_size, cfg.head_dim, self.block_size);
+        let (nq, nkv) = (self.heads * hd, self.kv_heads * hd);
+        let qkvw = nq + 2 * nkv;
+        let mut tokens = vec![];
+        let mut pos = vec![];
+        let mut tab = vec![];
+        let mut slots = vec![];
+        let mut blocks: Vec<i32> = vec![];
+        let mut rows: Vec<i32> = vec![];
+        for c in chunks {
+            let off = blocks.len() as i32;
+            blocks.extend(c.table.0.iter().map(|&b| b as i32));
+            for (i, &t) in c.tokens.iter().enumerate() {
+                let p = c.start + i;
+                let b = *c.table.0.get(p / bs).ok_or_else(|| {
+                    GpuError::Run(format!("position {p} is past the sequence's {} blocks", c.table.0.len()))
+                })?;
+                if b >= self.kv_blocks {
+                    return Err(GpuError::Run(format!("block {b} is outside the {}-block cache", self.kv_blocks)));
+                }
+                if t as usize >= cfg.vocab_size {
+                    return Err(GpuError::Run(format!("token id {t} is outside the vocabulary ({})", cfg.vocab_size)));
+                }
+                if c.all_logits || i + 1 == c.tokens.len() {
+                    rows.push(tokens.len() as i32);
+                }
+                tokens.push(t as i32);
+                pos.push(p as i32);
+                tab.push(off);
+                slots.push((b * bs + p % bs) as i32);
+            }
+        }
+        let t = tokens.len();
+        let r = rows.len();
+        if t == 0 {
+            return Ok(sampler.then(|| StepOut {
+                sampled: vec![],
+                logits: None,
+            }));
+        }
+        let pens: usize = draws
+            .iter()
+            .map(|d| d.history.map_or(0, |(p, o)| p.len() + o.len()))
+            .sum();
+        // Nothing of the last step may still read the buffers rewritten below.
+        self.gpu.sync()?;
+        self.reserve(t, r, draws.len(), pens, blocks.len())?;
+        let p = |s: &Self, n: &str| s.ws[n].ptr;
+        self.gpu.upload(p(self, "tok"), &tokens)?;
+        self.gpu.upload(p(self, "pos"), &pos)?;
+        self.gpu.upload(p(self, "tab"), &tab)?;
+        self.gpu.upload(p(self, "slot"), &slots)?;
+        self.gpu.upload(p(self, "blocks"), &blocks)?;
+        let (x, y, a) = (p(self, "x"), p(self, "y"), p(self, "a"));
+        let (qkv, attn, gu, act) = (p(self, "qkv"), p(self, "attn"), p(self, "gu"), p(self, "act"));
+        let cfg = &self.cfg;
+        let eps = cfg.rms_norm_eps as f32;
+
+        if let Some(e) = &self.embed {
+            self.launch_rows(
+                "embed",
+                t,
+                h,
+                Args::new()
+                    .ptr(p(self, "tok"))
+                    .ptr(e.ptr)
+                    .ptr(x)
+                    .i32(h as i32)
+                    .i32(self.v0 as i32)
+                    .i32(self.v1 as i32),
+            )?;
+            self.tp_all_reduce(x, t * h)?;
+        } else {
+            let world = self.comms.world.as_ref().expect("stages > 1 have a world comm");
+            world.recv(x, t * h, self.dt, self.place.prev_stage())?;
+        }
+        let group = cfg.num_heads / cfg.num_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let window = cfg.sliding_window.map_or(0, |w| w as i32);
+        let mut pending = false;
+        for (li, l) in self.weights.iter().enumerate() {
+            let (kc, vc) = (&self.kv[li].0, &self.kv[li].1);
+            self.launch_rows(
+                "rms_norm",
+                t,
+                h,
+                Args::new()
+                    .ptr(x)
+                    .ptr(if pending { y } else { 0 })
+                    .ptr(l.in_norm.ptr)
+                    .ptr(a)
+                    .i32(h as i32)
+                    .f32(eps),
+            )?;
+            self.gpu.gemm(self.dt, t, qkvw, h, a, l.qkv.ptr, qkv)?;
+            if let Some(b) = &l.qkv_bias {
+                self.elementwise("add_bias", t * qkvw, Args::new().ptr(qkv).ptr(b.ptr).i32(qkvw as i32).i64((t * qkvw) as i64))?;
+            }
+            for (nh, off) in [(self.heads, 0), (self.kv_heads, nq)] {
+                self.launch_rows(
+                    "rope",
+                    t,
+                    nh * hd / 2,
+                    Args::new()
+                        .ptr(qkv)
+                        .ptr(p(self, "pos"))
+                        .ptr(self.inv_freq.ptr)
+                        .i32(nh as i32)
+                        .i32(hd as i32)
+                        .i32(qkvw as i32)
+                        .i32(off as i32),
+                )?;
+            }
+            self.launch_rows(
+                "kv_write",
+                t,
+                nkv,
+                Args::new()
+                    .ptr(qkv)
+                    .ptr(kc.ptr)
+                    .ptr(vc.ptr)
+                    .ptr(p(self, "slot"))
+                    .i32(nkv as i32)
+                    .i32(qkvw as i32)
+                    .i32(nq as i32)
+                    .i32((nq + nkv) as i32),
+            )?;
+            self.gpu.launch(
+                &format!("attention_{}", self.dt.suffix()),
+                (t as u32, self.heads.div_ceil(4) as u32, 1),
+                128,
+                Args::new()
+                    .ptr(qkv)
+                    .ptr(kc.ptr)
+                    .ptr(vc.ptr)
+                    .ptr(attn)
+                    .ptr(p(self, "pos"))
+                    .ptr(p(self, "tab"))
+                    .ptr(p(self, "blocks"))
+                    .i32(self.heads as i32)
+                    .i32(self.kv_heads as i32)
+                    .i32(hd as i32)
+                    .i32(qkvw as i32)
+                    .i32(self.q_start as i32)
+                    .i32(group as i32)
+                    .i32(self.kv_start as i32)
+                    .i32(bs as i32)
+                    .f32(scale)
+                    .i32(window),
+            )?;
+            self.gpu.gemm(self.dt, t, h, nq, attn, l.o.ptr, y)?;
+            self.tp_all_reduce(y, t * h)?;
+            if let Some(b) = &l.o_bias {
+                self.elementwise("add_bias", t * h, Args::new().ptr(y).ptr(b.ptr).i32(h as i32).i64((t * h) as i64))?;
+            }
+            self.launch_rows(
+                "rms_norm",
+                t,
+                h,
+                Args::new()
+                    .ptr(x)
+                    .ptr(y)
+                    .ptr(l.post_norm.ptr)
+                    .ptr(a)
+                    .i32(h as i32)
+                    .f32(eps),
+            )?;
+            let i2 = 2 * self.inter;
+            self.gpu.gemm(self.dt, t, i2, h, a, l.gu.ptr, gu)?;
+            if let Some(b) = &l.gu_bias {
+                self.elementwise("add_bias", t * i2, Args::new().ptr(gu).ptr(b.ptr).i32(i2 as i32).i64((t * i2) as i64))?;
+            }
+            let n = t * self.inter;
+            self.elementwise("silu_mul", n, Args::new().ptr(gu).ptr(act).i32(self.inter as i32).i64(n as i64))?;
+            self.gpu.gemm(self.dt, t, h, self.inter, act, l.down.ptr, y)?;
+            self.tp_all_reduce(y, t * h)?;
+            if let Some(b) = &l.down_bias {
+                self.elementwise("add_bias", t * h, Args::new().ptr(y).ptr(b.ptr).i32(h as i32).i64((t * h) as i64))?;
+            }
+            pending = true;
+        }
+        if pending {
+            self.elementwise("add", t * h, Args::new().ptr(x).ptr(y).i64((t * h) as i64))?;
+        }
+        if !self.place.last_stage() {
+            let world = self.comms.world.as_ref().expect("stages > 1 have a world comm");
+            world.send(x, t * h, self.dt, self.place.next_stage())?;
+            return Ok(None);
+        }
+        let (sel, seln, lg, lgall) = (p(self, "sel"), p(self, "seln"), p(self, "lg"), p(self, "lgall"));
+        self.gpu.upload(p(self, "rows"), &rows)?;
+        self.launch_rows("gather_rows", r, h, Args::new().ptr(x).ptr(p(self, "rows")).ptr(sel).i32(h as i32))?;
+        let fnorm = self.final_norm.as_ref().expect("last stage").ptr;
+        self.launch_rows("rms_norm", r, h, Args::new().ptr(sel).ptr(0).ptr(fnorm).ptr(seln).i32(h as i32).f32(eps))?;
+        let head = self.lm_head.as_ref().expect("last stage").ptr;
+        self.gpu.gemm(self.dt, r, self.chunk, h, seln, head, lg)?;
+        let logits = match &self.comms.tp {
+            Some(c) => {
+                c.all_gather(lg, lgall, r * self.chunk, self.dt)?;
+                lgall
+            }
+            None => lg,
+        };
+        if !sampler {
+            return Ok(None);
+        }
+        let vocab = self.cfg.vocab_size;
+        let scratch = Scratch {
+            draws: p(self, "draws"),
+            pens: p(self, "pens"),
+            work: p(self, "work"),
+            out: p(self, "out"),
+        };
+        let sampled = sample::sample(&self.gpu, self.dt, logits, r, self.chunk, vocab, draws, &scratch)?;
+        let host = if want_logits {
+            Some(self.logits_to_host(logits, r)?)
+        } else {
+            None
+        };
+        Ok(Some(StepOut {
+            sampled,
+            logits: host,
+        }))
+    }
+
+    /// The gathered logits `[tp][rows][chunk]` as `[rows, vocab]` f32 on the host.
+    fn logits_to_host(&self, logits: u64, r: usize) -> Result<Vec<f32>> {
+        let (tp, chunk, vocab) = (self.place.tp, self.chunk, self.cfg.vocab_size);
+        let n = tp * r * chunk;
+        let raw: Vec<f32> = match self.dt {
+            DType::F32 => {
+                let mut v = vec![0f32; n];
+                self.gpu.download(&mut v, logits)?;
+                v
+            }
+            DType::Bf16 => {
+                let mut v = vec![half::bf16::ZERO; n];
+                self.gpu.download(&mut v, logits)?;
+                v.iter().map(|x| x.to_f32()).collect()
+            }
+            DType::F16 => {
+                let mut v = vec![half::f16::ZERO; n];
+                self.gpu.download(&mut v, logits)?;
+                v.iter().map(|x| x.to_f32()).collect()
+            }
+        };
+        let mut out = vec![0f32; r * vocab];
+        for row in 0..r {
+            for id in 0..vocab {
+                out[row * vocab + id] = raw[((id / chunk) * r + row) * chunk + id % chunk];
+            }
+        }
+        Ok(out)
+    }
+}

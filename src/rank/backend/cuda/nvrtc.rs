@@ -1,0 +1,147 @@
+//! Kernel compilation: the sources in `kernels/` (with `common.cuh` prepended) are
+//! compiled by NVRTC at start-up to a CUBIN for the GPU's architecture, and cached
+//! on disk under a SHA-256 of source, options, NVRTC version and architecture
+//! (`$RRUN_KERNEL_CACHE`, else `$XDG_CACHE_HOME/rrun/kernels`, else
+//! `~/.cache/rrun/kernels`). Written to a temporary file and renamed, so ranks
+//! compiling at once never read half a file.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use cudarc::nvrtc::{result, sys};
+use sha2::{Digest, Sha256};
+
+const COMMON: &str = include_str!("../../../../kernels/common.cuh");
+
+/// Every kernel module: (name, source without the prelude).
+pub const MODULES: [(&str, &str); 2] = [
+    ("llama", include_str!("../../../../kernels/llama.cu")),
+    ("sample", include_str!("../../../../kernels/sample.cu")),
+];
+
+/// The full source NVRTC compiles for a module.
+pub fn full_source(src: &str) -> String {
+    format!("{COMMON}\n{src}")
+}
+
+/// NVRTC's version as (major, minor).
+pub fn version() -> Result<(i32, i32), String> {
+    let (mut a, mut b) = (0, 0);
+    // SAFETY: two valid out-pointers.
+    unsafe { sys::nvrtcVersion(&mut a, &mut b) }
+        .result()
+        .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
+    Ok((a, b))
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("RRUN_KERNEL_CACHE") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("rrun/kernels"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rrun/kernels"))
+}
+
+fn options(arch: &str, include: &Path) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "-std=c++17".into(),
+        "-lineinfo".into(),
+        format!("--include-path={}", include.display()),
+    ]
+}
+
+/// A compiled module image.
+pub struct Image {
+    pub cubin: Vec<u8>,
+    pub cached: bool,
+}
+
+/// Compiles `src` (full source) for `arch` (e.g. `sm_90`), using the disk cache.
+pub fn compile(name: &str, src: &str, arch: &str, include: &Path) -> Result<Image, String> {
+    let opts = options(arch, include);
+    let (ma, mi) = version()?;
+    let mut h = Sha256::new();
+    // The headers' own text would be better still; the include folder's path and
+    // NVRTC's version identify them well enough for a cache.
+    for part in [src, &opts.join("\n"), &format!("{ma}.{mi}"), arch] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let dir = cache_dir();
+    let file = dir.as_ref().map(|d| d.join(format!("{name}-{arch}-{key}.cubin")));
+    if let Some(f) = &file
+        && let Ok(cubin) = std::fs::read(f)
+        && !cubin.is_empty()
+    {
+        return Ok(Image { cubin, cached: true });
+    }
+    let cubin = compile_uncached(name, src, &opts)?;
+    if let (Some(d), Some(f)) = (&dir, &file)
+        && std::fs::create_dir_all(d).is_ok()
+    {
+        let tmp = d.join(format!(".{}.{}", key, std::process::id()));
+        if std::fs::write(&tmp, &cubin).is_ok() {
+            let _ = std::fs::rename(&tmp, f);
+        }
+    }
+    Ok(Image {
+        cubin,
+        cached: false,
+    })
+}
+
+fn compile_uncached(name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>, String> {
+    let csrc = CString::new(src).map_err(|_| format!("kernel {name} contains a NUL byte"))?;
+    let cname = CString::new(name).expect("module names have no NUL");
+    let prog = result::create_program(&csrc, Some(&cname))
+        .map_err(|e| format!("NVRTC could not create program {name}: {e:?}"))?;
+    // SAFETY: `prog` is a live program until destroy_program below.
+    unsafe {
+        let compiled = result::compile_program(prog, opts);
+        let r = match compiled {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| {
+                        let b: Vec<u8> = l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                        String::from_utf8_lossy(&b).into_owned()
+                    })
+                    .unwrap_or_default();
+                Err(format!(
+                    "kernel module {name} did not compile ({e:?}) with {}:\n{log}",
+                    opts.join(" ")
+                ))
+            }
+            Ok(()) => {
+                let mut size = 0usize;
+                match sys::nvrtcGetCUBINSize(prog, &mut size).result() {
+                    Err(e) => Err(format!("nvrtcGetCUBINSize for {name}: {e:?}")),
+                    Ok(()) => {
+                        let mut buf = vec![0u8; size];
+                        sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _)
+                            .result()
+                            .map(|_| buf)
+                            .map_err(|e| format!("nvrtcGetCUBIN for {name}: {e:?}"))
+                    }
+                }
+            }
+        };
+        let _ = result::destroy_program(prog);
+        r
+    }
+}
+
+/// Compiles every module for `arch` (what CI runs, with no GPU): (name, bytes, cached).
+pub fn compile_all(arch: &str) -> Result<Vec<(String, usize, bool)>, String> {
+    let include = super::libs::include_dir()?;
+    MODULES
+        .iter()
+        .map(|(name, src)| {
+            compile(name, &full_source(src), arch, &include)
+                .map(|img| (name.to_string(), img.cubin.len(), img.cached))
+        })
+        .collect()
+}
