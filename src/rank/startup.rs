@@ -10,9 +10,9 @@ use super::backend::cuda::libs::{self, Lib};
 use super::backend::cuda::model::CudaModel;
 use super::backend::cuda::{DType, Gpu, GpuError};
 use super::cli::EngineArgs;
-use super::engine::executor::Backend;
 use super::dist::tcp::TcpComm;
 use super::dist::{Comm, Placement, RankEnv, Solo};
+use super::engine::executor::Backend;
 use super::model::checkpoint::Checkpoint;
 use super::model::config::ModelConfig;
 use super::model::llama::RankModel;
@@ -91,7 +91,12 @@ fn check_gpu_sharing(store: &mut Client, env: &RankEnv, gpu: &Gpu) -> Result<(),
     let uuid = gpu
         .ctx
         .uuid()
-        .map(|u| u.bytes.iter().map(|b| format!("{:02x}", *b as u8)).collect::<String>())
+        .map(|u| {
+            u.bytes
+                .iter()
+                .map(|b| format!("{:02x}", *b as u8))
+                .collect::<String>()
+        })
         .map_err(|e| RankError::Runtime(format!("GPU uuid: {e:?}")))?;
     let host = crate::launch::net::hostname();
     let me = format!("{host} {uuid}");
@@ -299,10 +304,16 @@ pub fn plan_kv(
             thousands(max_model_len),
             crate::rank::backend::cuda::gib(max_model_len.div_ceil(block_size) * block_bytes),
             thousands(blocks * block_size),
-            if low_rank == s.env.rank { budget_note.clone() } else { String::new() }
+            if low_rank == s.env.rank {
+                budget_note.clone()
+            } else {
+                String::new()
+            }
         )));
     }
-    let kv_bytes = backend.alloc_kv(blocks, block_size).map_err(RankError::Invalid)?;
+    let kv_bytes = backend
+        .alloc_kv(blocks, block_size)
+        .map_err(RankError::Invalid)?;
     let weight_bytes = backend.weight_bytes();
     let where_ = format!(
         "rank {} [tp {}/{} pp {}/{}]",
@@ -385,6 +396,16 @@ pub fn load_backend(engine: &EngineArgs, s: &mut Startup) -> Result<Backend, Ran
                 s.env.attempt,
             )
             .map_err(gpu_err)?;
+            if s.env.rank == 0 && s.env.world_size > 1 {
+                let v = super::backend::cuda::nccl::Nccl::version().unwrap_or(0);
+                eprintln!(
+                    "rrank: NCCL {}.{}.{} through the store (LD_LIBRARY_PATH={})",
+                    v / 10000,
+                    v / 100 % 100,
+                    v % 100,
+                    std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
+                );
+            }
             Ok(Backend::Cuda(Box::new(m)))
         }
     }

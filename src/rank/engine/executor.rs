@@ -78,7 +78,9 @@ impl Backend {
     ) -> io::Result<Option<StepOut>> {
         match self {
             Backend::Cpu { model, kv } => {
-                let kv = kv.as_mut().expect("KV cache allocated before the first step");
+                let kv = kv
+                    .as_mut()
+                    .expect("KV cache allocated before the first step");
                 let logits = model.forward(comm, kv, chunks)?;
                 if comm.rank() != model.place.sampler() {
                     return Ok(None);

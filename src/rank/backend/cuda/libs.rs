@@ -35,12 +35,18 @@ impl Lib {
 
     fn what(self) -> &'static str {
         match self {
-            Lib::Driver => "the NVIDIA driver library (libcuda.so.1); install the NVIDIA driver or run on a GPU machine",
-            Lib::Nvrtc => "NVRTC 13 (libnvrtc.so.13); install the CUDA 13 toolkit or `pip install nvidia-cuda-nvrtc`",
+            Lib::Driver => {
+                "the NVIDIA driver library (libcuda.so.1); install the NVIDIA driver or run on a GPU machine"
+            }
+            Lib::Nvrtc => {
+                "NVRTC 13 (libnvrtc.so.13); install the CUDA 13 toolkit or `pip install nvidia-cuda-nvrtc`"
+            }
             Lib::Cublas | Lib::CublasLt => {
                 "cuBLAS 13 (libcublas.so.13, libcublasLt.so.13); install the CUDA 13 toolkit or `pip install nvidia-cublas`"
             }
-            Lib::Nccl => "NCCL (libnccl.so); install libnccl2 / libnccl-dev or `pip install nvidia-nccl-cu13`",
+            Lib::Nccl => {
+                "NCCL (libnccl.so); install libnccl2 / libnccl-dev or `pip install nvidia-nccl-cu13`"
+            }
         }
     }
 }
@@ -67,7 +73,10 @@ pub fn available(lib: Lib) -> bool {
 pub fn python_paths() -> Vec<PathBuf> {
     let py = std::env::var("RRUN_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(py)
-        .args(["-c", "import sys; print('\\n'.join(p for p in sys.path if p))"])
+        .args([
+            "-c",
+            "import sys; print('\\n'.join(p for p in sys.path if p))",
+        ])
         .stderr(std::process::Stdio::null())
         .output();
     match out {
@@ -105,7 +114,10 @@ fn lib_dirs(py: &[PathBuf]) -> Vec<PathBuf> {
 /// A CUDA include folder holding `cuda_bf16.h`, for NVRTC.
 pub fn include_dir() -> Result<PathBuf, String> {
     let mut tried = vec![];
-    let mut cands: Vec<PathBuf> = cuda_homes().into_iter().map(|h| h.join("include")).collect();
+    let mut cands: Vec<PathBuf> = cuda_homes()
+        .into_iter()
+        .map(|h| h.join("include"))
+        .collect();
     let py = python_paths();
     cands.extend(py.iter().map(|p| p.join("nvidia/cu13/include")));
     for c in cands {
@@ -186,8 +198,15 @@ pub fn ensure(need: &[Lib]) -> Result<(), String> {
     if std::env::var_os(REEXEC_GUARD).is_some() {
         return Err(format!(
             "{} still cannot be loaded after adding {} to LD_LIBRARY_PATH; check that the files are readable and built for this machine",
-            missing.iter().map(|l| l.names()[l.names().len() - 1]).collect::<Vec<_>>().join(", "),
-            add.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
+            missing
+                .iter()
+                .map(|l| l.names()[l.names().len() - 1])
+                .collect::<Vec<_>>()
+                .join(", "),
+            add.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":")
         ));
     }
     let mut path: Vec<String> = add.iter().map(|d| d.display().to_string()).collect();
@@ -202,6 +221,7 @@ pub fn ensure(need: &[Lib]) -> Result<(), String> {
         .env("LD_LIBRARY_PATH", path.join(":"))
         .env(REEXEC_GUARD, "1")
         .exec();
-    Err(format!("cannot re-execute rrank with the CUDA library path: {err}"))
+    Err(format!(
+        "cannot re-execute rrank with the CUDA library path: {err}"
+    ))
 }
-

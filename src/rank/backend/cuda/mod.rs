@@ -164,7 +164,8 @@ impl Gpu {
             libs::Lib::CublasLt,
         ])
         .map_err(GpuError::Setup)?;
-        drv::init().map_err(|e| GpuError::Setup(format!("the CUDA driver did not start: {e:?}")))?;
+        drv::init()
+            .map_err(|e| GpuError::Setup(format!("the CUDA driver did not start: {e:?}")))?;
         let count = drv::device::get_count()
             .map_err(|e| GpuError::Setup(format!("cannot count GPUs: {e:?}")))?
             as usize;
@@ -188,7 +189,9 @@ impl Gpu {
             .map_err(|e| GpuError::Setup(format!("cannot open GPU {local_rank}: {e:?}")))?;
         // SAFETY: before any allocation; this engine uses one stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(run_err("cannot create a stream"))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(run_err("cannot create a stream"))?;
         let name = ctx.name().unwrap_or_else(|_| "GPU".into());
         let total_mem = ctx.total_mem().map_err(run_err("total memory"))?;
         let (major, minor) = ctx
@@ -237,7 +240,9 @@ impl Gpu {
         if bytes == 0 {
             return Ok(DevBuf { ptr: 0, bytes: 0 });
         }
-        self.ctx.bind_to_thread().map_err(run_err("binding the context"))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(run_err("binding the context"))?;
         // SAFETY: plain device allocation; freed by DevBuf's drop.
         let ptr = unsafe { drv::malloc_sync(bytes) }.map_err(|e| {
             let (free, total) = self.mem_info().unwrap_or((0, 0));
@@ -275,7 +280,9 @@ impl Gpu {
 
     /// Waits for the stream.
     pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().map_err(run_err("stream synchronize"))
+        self.stream
+            .synchronize()
+            .map_err(run_err("stream synchronize"))
     }
 
     /// Launches kernel `name` on the stream.
@@ -312,7 +319,16 @@ impl Gpu {
 
     /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major, the weight as stored by HF), f32 accumulate.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm(&self, dt: DType, m: usize, n: usize, k: usize, x: u64, w: u64, y: u64) -> Result<()> {
+    pub fn gemm(
+        &self,
+        dt: DType,
+        m: usize,
+        n: usize,
+        k: usize,
+        x: u64,
+        w: u64,
+        y: u64,
+    ) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -398,6 +414,9 @@ mod tests {
         assert!(llama.contains(&"attention_f16".to_string()));
         assert!(llama.contains(&"rms_norm_bf16".to_string()));
         assert_eq!(llama.len(), 9 + 3 * 9, "{llama:?}");
-        assert_eq!(kernel_names(nvrtc::MODULES[1].1), ["sample_f32", "sample_bf16", "sample_f16"]);
+        assert_eq!(
+            kernel_names(nvrtc::MODULES[1].1),
+            ["sample_f32", "sample_bf16", "sample_f16"]
+        );
     }
 }

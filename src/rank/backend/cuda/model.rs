@@ -78,7 +78,12 @@ pub struct CudaModel {
     pub gpu: Gpu,
 }
 
-fn grow(gpu: &Gpu, ws: &mut HashMap<&'static str, DevBuf>, name: &'static str, bytes: usize) -> Result<u64> {
+fn grow(
+    gpu: &Gpu,
+    ws: &mut HashMap<&'static str, DevBuf>,
+    name: &'static str,
+    bytes: usize,
+) -> Result<u64> {
     let bytes = bytes.max(16);
     if let Some(b) = ws.get(name)
         && b.bytes >= bytes
@@ -121,7 +126,14 @@ impl CudaModel {
         };
         if let Some(store) = store {
             if place.pp > 1 {
-                comms.world = Some(Nccl::join(&gpu, store, attempt, "world", place.rank, tp * place.pp)?);
+                comms.world = Some(Nccl::join(
+                    &gpu,
+                    store,
+                    attempt,
+                    "world",
+                    place.rank,
+                    tp * place.pp,
+                )?);
             }
             if tp > 1 {
                 let name = format!("tp{}", place.pp_rank());
@@ -169,8 +181,20 @@ impl CudaModel {
             let post_norm = m.rows_to_new(w, &n("post_attention_layernorm.weight"), 0, h, h)?;
             let qkv = m.alloc_t((nq + 2 * nkv) * h)?;
             m.rows_into(w, &n("self_attn.q_proj.weight"), q0, q1, qkv.ptr)?;
-            m.rows_into(w, &n("self_attn.k_proj.weight"), k0, k1, qkv.at(nq * h, dt.size()))?;
-            m.rows_into(w, &n("self_attn.v_proj.weight"), k0, k1, qkv.at((nq + nkv) * h, dt.size()))?;
+            m.rows_into(
+                w,
+                &n("self_attn.k_proj.weight"),
+                k0,
+                k1,
+                qkv.at(nq * h, dt.size()),
+            )?;
+            m.rows_into(
+                w,
+                &n("self_attn.v_proj.weight"),
+                k0,
+                k1,
+                qkv.at((nq + nkv) * h, dt.size()),
+            )?;
             let qkv_bias = if w.has(&n("self_attn.q_proj.bias")) {
                 let b = m.alloc_t(nq + 2 * nkv)?;
                 m.rows_into(w, &n("self_attn.q_proj.bias"), q0, q1, b.ptr)?;
@@ -188,7 +212,13 @@ impl CudaModel {
             let o_bias = m.opt_all(w, &n("self_attn.o_proj.bias"), h)?;
             let gu = m.alloc_t(2 * inter * h)?;
             m.rows_into(w, &n("mlp.gate_proj.weight"), i0, i1, gu.ptr)?;
-            m.rows_into(w, &n("mlp.up_proj.weight"), i0, i1, gu.at(inter * h, dt.size()))?;
+            m.rows_into(
+                w,
+                &n("mlp.up_proj.weight"),
+                i0,
+                i1,
+                gu.at(inter * h, dt.size()),
+            )?;
             let gu_bias = if w.has(&n("mlp.gate_proj.bias")) {
                 let b = m.alloc_t(2 * inter)?;
                 m.rows_into(w, &n("mlp.gate_proj.bias"), i0, i1, b.ptr)?;
@@ -258,19 +288,40 @@ impl CudaModel {
         self.gpu.sync()
     }
 
-    fn rows_into(&mut self, w: &Weights<'_>, name: &str, r0: usize, r1: usize, dst: u64) -> Result<()> {
+    fn rows_into(
+        &mut self,
+        w: &Weights<'_>,
+        name: &str,
+        r0: usize,
+        r1: usize,
+        dst: u64,
+    ) -> Result<()> {
         let (d, b) = w.rows_raw(name, r0, r1);
         let d = d.to_string();
         self.put(&d, b, dst)
     }
 
-    fn rows_to_new(&mut self, w: &Weights<'_>, name: &str, r0: usize, r1: usize, elems: usize) -> Result<DevBuf> {
+    fn rows_to_new(
+        &mut self,
+        w: &Weights<'_>,
+        name: &str,
+        r0: usize,
+        r1: usize,
+        elems: usize,
+    ) -> Result<DevBuf> {
         let buf = self.alloc_t(elems)?;
         self.rows_into(w, name, r0, r1, buf.ptr)?;
         Ok(buf)
     }
 
-    fn cols_to_new(&mut self, w: &Weights<'_>, name: &str, c0: usize, c1: usize, elems: usize) -> Result<DevBuf> {
+    fn cols_to_new(
+        &mut self,
+        w: &Weights<'_>,
+        name: &str,
+        c0: usize,
+        c1: usize,
+        elems: usize,
+    ) -> Result<DevBuf> {
         let buf = self.alloc_t(elems)?;
         let (d, b) = w.cols_raw(name, c0, c1);
         let d = d.to_string();
@@ -292,7 +343,11 @@ impl CudaModel {
 
     /// Bytes of one KV block across this rank's layers.
     pub fn kv_block_bytes(&self) -> usize {
-        2 * (self.layers.1 - self.layers.0) * self.block_size * self.kv_heads * self.cfg.head_dim * self.dt.size()
+        2 * (self.layers.1 - self.layers.0)
+            * self.block_size
+            * self.kv_heads
+            * self.cfg.head_dim
+            * self.dt.size()
     }
 
     /// Allocates the paged cache: `blocks` blocks of every layer's K and V.
@@ -315,7 +370,14 @@ impl CudaModel {
 
     /// Sizes the workspace for steps of up to `tokens` tokens, `rows` logits rows,
     /// `draws` draws with `pens` history entries, before the KV cache takes the rest.
-    pub fn reserve(&mut self, tokens: usize, rows: usize, draws: usize, pens: usize, blocks: usize) -> Result<()> {
+    pub fn reserve(
+        &mut self,
+        tokens: usize,
+        rows: usize,
+        draws: usize,
+        pens: usize,
+        blocks: usize,
+    ) -> Result<()> {
         let (es, h, hd) = (self.dt.size(), self.cfg.hidden_size, self.cfg.head_dim);
         let (nq, nkv) = (self.heads * hd, self.kv_heads * hd);
         let (t, r, tp) = (tokens, rows, self.place.tp);
@@ -411,13 +473,22 @@ impl CudaModel {
             for (i, &t) in c.tokens.iter().enumerate() {
                 let p = c.start + i;
                 let b = *c.table.0.get(p / bs).ok_or_else(|| {
-                    GpuError::Run(format!("position {p} is past the sequence's {} blocks", c.table.0.len()))
+                    GpuError::Run(format!(
+                        "position {p} is past the sequence's {} blocks",
+                        c.table.0.len()
+                    ))
                 })?;
                 if b >= self.kv_blocks {
-                    return Err(GpuError::Run(format!("block {b} is outside the {}-block cache", self.kv_blocks)));
+                    return Err(GpuError::Run(format!(
+                        "block {b} is outside the {}-block cache",
+                        self.kv_blocks
+                    )));
                 }
                 if t as usize >= cfg.vocab_size {
-                    return Err(GpuError::Run(format!("token id {t} is outside the vocabulary ({})", cfg.vocab_size)));
+                    return Err(GpuError::Run(format!(
+                        "token id {t} is outside the vocabulary ({})",
+                        cfg.vocab_size
+                    )));
                 }
                 if c.all_logits || i + 1 == c.tokens.len() {
                     rows.push(tokens.len() as i32);
@@ -450,7 +521,12 @@ impl CudaModel {
         self.gpu.upload(p(self, "slot"), &slots)?;
         self.gpu.upload(p(self, "blocks"), &blocks)?;
         let (x, y, a) = (p(self, "x"), p(self, "y"), p(self, "a"));
-        let (qkv, attn, gu, act) = (p(self, "qkv"), p(self, "attn"), p(self, "gu"), p(self, "act"));
+        let (qkv, attn, gu, act) = (
+            p(self, "qkv"),
+            p(self, "attn"),
+            p(self, "gu"),
+            p(self, "act"),
+        );
         let cfg = &self.cfg;
         let eps = cfg.rms_norm_eps as f32;
 
@@ -469,7 +545,11 @@ impl CudaModel {
             )?;
             self.tp_all_reduce(x, t * h)?;
         } else {
-            let world = self.comms.world.as_ref().expect("stages > 1 have a world comm");
+            let world = self
+                .comms
+                .world
+                .as_ref()
+                .expect("stages > 1 have a world comm");
             world.recv(x, t * h, self.dt, self.place.prev_stage())?;
         }
         let group = cfg.num_heads / cfg.num_kv_heads;
@@ -492,7 +572,15 @@ impl CudaModel {
             )?;
             self.gpu.gemm(self.dt, t, qkvw, h, a, l.qkv.ptr, qkv)?;
             if let Some(b) = &l.qkv_bias {
-                self.elementwise("add_bias", t * qkvw, Args::new().ptr(qkv).ptr(b.ptr).i32(qkvw as i32).i64((t * qkvw) as i64))?;
+                self.elementwise(
+                    "add_bias",
+                    t * qkvw,
+                    Args::new()
+                        .ptr(qkv)
+                        .ptr(b.ptr)
+                        .i32(qkvw as i32)
+                        .i64((t * qkvw) as i64),
+                )?;
             }
             for (nh, off) in [(self.heads, 0), (self.kv_heads, nq)] {
                 self.launch_rows(
@@ -549,7 +637,15 @@ impl CudaModel {
             self.gpu.gemm(self.dt, t, h, nq, attn, l.o.ptr, y)?;
             self.tp_all_reduce(y, t * h)?;
             if let Some(b) = &l.o_bias {
-                self.elementwise("add_bias", t * h, Args::new().ptr(y).ptr(b.ptr).i32(h as i32).i64((t * h) as i64))?;
+                self.elementwise(
+                    "add_bias",
+                    t * h,
+                    Args::new()
+                        .ptr(y)
+                        .ptr(b.ptr)
+                        .i32(h as i32)
+                        .i64((t * h) as i64),
+                )?;
             }
             self.launch_rows(
                 "rms_norm",
@@ -566,14 +662,39 @@ impl CudaModel {
             let i2 = 2 * self.inter;
             self.gpu.gemm(self.dt, t, i2, h, a, l.gu.ptr, gu)?;
             if let Some(b) = &l.gu_bias {
-                self.elementwise("add_bias", t * i2, Args::new().ptr(gu).ptr(b.ptr).i32(i2 as i32).i64((t * i2) as i64))?;
+                self.elementwise(
+                    "add_bias",
+                    t * i2,
+                    Args::new()
+                        .ptr(gu)
+                        .ptr(b.ptr)
+                        .i32(i2 as i32)
+                        .i64((t * i2) as i64),
+                )?;
             }
             let n = t * self.inter;
-            self.elementwise("silu_mul", n, Args::new().ptr(gu).ptr(act).i32(self.inter as i32).i64(n as i64))?;
-            self.gpu.gemm(self.dt, t, h, self.inter, act, l.down.ptr, y)?;
+            self.elementwise(
+                "silu_mul",
+                n,
+                Args::new()
+                    .ptr(gu)
+                    .ptr(act)
+                    .i32(self.inter as i32)
+                    .i64(n as i64),
+            )?;
+            self.gpu
+                .gemm(self.dt, t, h, self.inter, act, l.down.ptr, y)?;
             self.tp_all_reduce(y, t * h)?;
             if let Some(b) = &l.down_bias {
-                self.elementwise("add_bias", t * h, Args::new().ptr(y).ptr(b.ptr).i32(h as i32).i64((t * h) as i64))?;
+                self.elementwise(
+                    "add_bias",
+                    t * h,
+                    Args::new()
+                        .ptr(y)
+                        .ptr(b.ptr)
+                        .i32(h as i32)
+                        .i64((t * h) as i64),
+                )?;
             }
             pending = true;
         }
@@ -581,15 +702,44 @@ impl CudaModel {
             self.elementwise("add", t * h, Args::new().ptr(x).ptr(y).i64((t * h) as i64))?;
         }
         if !self.place.last_stage() {
-            let world = self.comms.world.as_ref().expect("stages > 1 have a world comm");
+            let world = self
+                .comms
+                .world
+                .as_ref()
+                .expect("stages > 1 have a world comm");
             world.send(x, t * h, self.dt, self.place.next_stage())?;
             return Ok(None);
         }
-        let (sel, seln, lg, lgall) = (p(self, "sel"), p(self, "seln"), p(self, "lg"), p(self, "lgall"));
+        let (sel, seln, lg, lgall) = (
+            p(self, "sel"),
+            p(self, "seln"),
+            p(self, "lg"),
+            p(self, "lgall"),
+        );
         self.gpu.upload(p(self, "rows"), &rows)?;
-        self.launch_rows("gather_rows", r, h, Args::new().ptr(x).ptr(p(self, "rows")).ptr(sel).i32(h as i32))?;
+        self.launch_rows(
+            "gather_rows",
+            r,
+            h,
+            Args::new()
+                .ptr(x)
+                .ptr(p(self, "rows"))
+                .ptr(sel)
+                .i32(h as i32),
+        )?;
         let fnorm = self.final_norm.as_ref().expect("last stage").ptr;
-        self.launch_rows("rms_norm", r, h, Args::new().ptr(sel).ptr(0).ptr(fnorm).ptr(seln).i32(h as i32).f32(eps))?;
+        self.launch_rows(
+            "rms_norm",
+            r,
+            h,
+            Args::new()
+                .ptr(sel)
+                .ptr(0)
+                .ptr(fnorm)
+                .ptr(seln)
+                .i32(h as i32)
+                .f32(eps),
+        )?;
         let head = self.lm_head.as_ref().expect("last stage").ptr;
         self.gpu.gemm(self.dt, r, self.chunk, h, seln, head, lg)?;
         let logits = match &self.comms.tp {
@@ -609,7 +759,9 @@ impl CudaModel {
             work: p(self, "work"),
             out: p(self, "out"),
         };
-        let sampled = sample::sample(&self.gpu, self.dt, logits, r, self.chunk, vocab, draws, &scratch)?;
+        let sampled = sample::sample(
+            &self.gpu, self.dt, logits, r, self.chunk, vocab, draws, &scratch,
+        )?;
         let host = if want_logits {
             Some(self.logits_to_host(logits, r)?)
         } else {

@@ -128,17 +128,35 @@ impl Nccl {
     /// Sends `count` elements to member `peer`.
     pub fn send(&self, buf: u64, count: usize, d: DType, peer: usize) -> Result<()> {
         // SAFETY: `buf` holds `count` elements.
-        unsafe { result::send(buf as *const c_void, count, dt(d), peer as i32, self.comm, self.stream) }
-            .map(|_| ())
-            .map_err(nccl_err("send"))
+        unsafe {
+            result::send(
+                buf as *const c_void,
+                count,
+                dt(d),
+                peer as i32,
+                self.comm,
+                self.stream,
+            )
+        }
+        .map(|_| ())
+        .map_err(nccl_err("send"))
     }
 
     /// Receives `count` elements from member `peer`.
     pub fn recv(&self, buf: u64, count: usize, d: DType, peer: usize) -> Result<()> {
         // SAFETY: `buf` has room for `count` elements.
-        unsafe { result::recv(buf as *mut c_void, count, dt(d), peer as i32, self.comm, self.stream) }
-            .map(|_| ())
-            .map_err(nccl_err("recv"))
+        unsafe {
+            result::recv(
+                buf as *mut c_void,
+                count,
+                dt(d),
+                peer as i32,
+                self.comm,
+                self.stream,
+            )
+        }
+        .map(|_| ())
+        .map_err(nccl_err("recv"))
     }
 }
 

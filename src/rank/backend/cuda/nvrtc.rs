@@ -72,12 +72,17 @@ pub fn compile(name: &str, src: &str, arch: &str, include: &Path) -> Result<Imag
     }
     let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let dir = cache_dir();
-    let file = dir.as_ref().map(|d| d.join(format!("{name}-{arch}-{key}.cubin")));
+    let file = dir
+        .as_ref()
+        .map(|d| d.join(format!("{name}-{arch}-{key}.cubin")));
     if let Some(f) = &file
         && let Ok(cubin) = std::fs::read(f)
         && !cubin.is_empty()
     {
-        return Ok(Image { cubin, cached: true });
+        return Ok(Image {
+            cubin,
+            cached: true,
+        });
     }
     let cubin = compile_uncached(name, src, &opts)?;
     if let (Some(d), Some(f)) = (&dir, &file)
@@ -106,7 +111,8 @@ fn compile_uncached(name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>, S
             Err(e) => {
                 let log = result::get_program_log(prog)
                     .map(|l| {
-                        let b: Vec<u8> = l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                        let b: Vec<u8> =
+                            l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
                         String::from_utf8_lossy(&b).into_owned()
                     })
                     .unwrap_or_default();

@@ -54,7 +54,10 @@ fn penalties(d: &DrawReq<'_>, vocab: usize, out: &mut Vec<Pen>) {
         e.0 += 1;
         e.1 = 1;
     }
-    let mut v: Vec<_> = m.into_iter().filter(|(t, _)| (*t as usize) < vocab).collect();
+    let mut v: Vec<_> = m
+        .into_iter()
+        .filter(|(t, _)| (*t as usize) < vocab)
+        .collect();
     v.sort_unstable_by_key(|(t, _)| *t);
     out.extend(v.into_iter().map(|(t, (count, seen))| Pen {
         token: t as i32,

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""GPU checks of rrank's CUDA backend against transformers on the same weights (developers'
+script, run on a GPU machine; see scripts/gpu-check.sh). Prints one PASS/FAIL line per check
+and a summary; exit 0 only when every check passed.
+
+Checks:
+  tiny      the committed tiny models (llama bf16 / mistral f16 / qwen2 f32) in float32 on GPU at
+            TP 1, 2 and PP 2: logits within 1e-3 of transformers (f32, CPU) and identical greedy tokens
+  sampler   GPU sampling: a seed reproduces its tokens, top-k 1 equals greedy
+  8b        a random Llama-3-8B-shaped bf16 checkpoint made here: teacher-forced top-1 agreement with
+            transformers bf16 (same GPU) over 1,024 positions at TP 1, TP 2 and PP 2
+  refusals  3 ranks on 2 GPUs, two ranks on one GPU, a --max-model-len that does not fit
+  twonode   two rrun agents (--nnodes 2, one GPU each) serving TP 2 answer as one agent does
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+RESULTS = []
+
+
+def say(*a):
+    print(*a, flush=True)
+
+
+def check(name, ok, detail=""):
+    RESULTS.append({"check": name, "ok": bool(ok), "detail": detail})
+    say(f"{'PASS' if ok else 'FAIL'}: {name} {detail}")
+
+
+def gpus():
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return [l for l in out.stdout.splitlines() if l.strip()]
+
+
+def run(cmd, env=None, timeout=600):
+    t = time.time()
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=timeout)
+    return p, time.time() - t
+
+
+def generate(bins, model, n, extra, dump, env=None, port=29500):
+    cmd = [bins / "rrun", "--standalone", "--nproc-per-node", n, "--master-port", port, bins / "rrank", "generate",
+           "--model", model, "--device", "cuda", "--dump", dump, *extra]
+    p, dt = run(cmd, env=env)
+    if p.returncode != 0:
+        say(p.stdout[-3000:], p.stderr[-3000:])
+    return p, dt
+
+
+def tiny(bins, tmp, n_gpus):
+    placements = [(1, 1)] + ([(2, 1), (1, 2)] if n_gpus >= 2 else [])
+    for arch in ("llama", "mistral", "qwen2"):
+        r = json.loads((DATA / arch / "reference.json").read_text())
+        for tp, pp in placements:
+            dump = tmp / f"tiny-{arch}-{tp}-{pp}.json"
+            p, _ = generate(bins, DATA / arch, tp * pp, ["-tp", tp, "-pp", pp, "--dtype", "float32", "--prompt-ids",
+                            ",".join(map(str, r["prompt_ids"])), "--max-tokens", 32, "--ignore-eos"], dump)
+            if p.returncode != 0:
+                check(f"tiny {arch} tp{tp} pp{pp}", False, f"exit {p.returncode}")
+                continue
+            got = json.loads(dump.read_text())
+            diff = max(abs(a - b) for ra, rb in zip(r["logits"], got["prompt_logits"]) for a, b in zip(ra, rb))
+            same = got["tokens"] == r["greedy"]
+            check(f"tiny {arch} float32 tp{tp} pp{pp}", diff <= 1e-3 and same,
+                  f"max |logit diff| {diff:.2e}, greedy tokens {'identical' if same else 'DIFFER'}")
+
+
+def sampler(bins, tmp):
+    r = json.loads((DATA / "mistral" / "reference.json").read_text())
+    ids = ",".join(map(str, r["prompt_ids"]))
+    outs = []
+    for extra in (["--temperature", 1.0, "--seed", 7], ["--temperature", 1.0, "--seed", 7],
+                  ["--temperature", 1.0, "--top-k", 1, "--seed", 3], ["--temperature", 0.8, "--top-p", 0.9, "--seed", 5]):
+        dump = tmp / "sampler.json"
+        p, _ = generate(bins, DATA / "mistral", 1, ["--prompt-ids", ids, "--max-tokens", 24, "--ignore-eos", *extra], dump)
+        outs.append(json.loads(dump.read_text())["tokens"] if p.returncode == 0 else None)
+    check("sampler seed reproduces", outs[0] is not None and outs[0] == outs[1], f"{outs[0]}")
+    check("sampler top-k 1 is greedy", outs[2] == r["greedy"][:24], f"{outs[2]}")
+    check("sampler temperature explores", outs[0] is not None and outs[0] != r["greedy"][:24] and outs[3] is not None)
+
+
+HF_REF = r"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+path, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+g = torch.Generator().manual_seed(1234)
+ids = torch.randint(0, 128000, (n,), generator=g)
+m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map="cuda:0").eval()
+with torch.no_grad():
+    lg = m(ids[None].cuda()).logits[0].float()
+top2 = lg.topk(2, dim=-1)
+json.dump({"prompt_ids": ids.tolist(), "argmax": lg.argmax(-1).tolist(),
+           "margin": (top2.values[:, 0] - top2.values[:, 1]).tolist()}, open(out, "w"))
+"""
+
+
+def big(bins, tmp, n_gpus, model):
+    if not (model / "config.json").exists():
+        p, dt = run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "8b", model], timeout=900)
+        say(p.stdout[-500:], p.stderr[-2000:], f"(made in {dt:.0f} s)")
+    ref = tmp / "8b-ref.json"
+    p, dt = run([sys.executable, "-c", HF_REF, model, ref, 1024], timeout=900)
+    if p.returncode != 0:
+        check("8b transformers reference", False, p.stderr[-2000:])
+        return
+    say(f"transformers bf16 reference: {dt:.0f} s")
+    r = json.loads(ref.read_text())
+    ids = ",".join(map(str, r["prompt_ids"]))
+    placements = [(1, 1)] + ([(2, 1), (1, 2)] if n_gpus >= 2 else [])
+    for tp, pp in placements:
+        dump = tmp / f"8b-{tp}-{pp}.json"
+        p, dt = generate(bins, model, tp * pp, ["-tp", tp, "-pp", pp, "--prompt-ids", ids, "--max-tokens", 2, "--ignore-eos"], dump)
+        if p.returncode != 0:
+            check(f"8b bf16 tp{tp} pp{pp}", False, f"exit {p.returncode}")
+            continue
+        got = json.loads(dump.read_text())["prompt_argmax"]
+        agree = sum(a == b for a, b in zip(got, r["argmax"])) / len(r["argmax"])
+        close = [m for a, b, m in zip(got, r["argmax"], r["margin"]) if a != b]
+        lines = [l for l in p.stderr.splitlines() if "GPU" in l and "weights" in l]
+        check(f"8b bf16 tp{tp} pp{pp}", agree >= 0.99,
+              f"top-1 agreement {agree * 100:.2f}% over {len(got)} positions; transformers' top-2 margin where they differ: "
+              f"max {max(close, default=0):.3f}; run {dt:.0f} s; {' | '.join(lines)}")
+
+
+def refusals(bins, tmp, model8b):
+    smoke = tmp / "smoke-model"
+    run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "smoke", smoke])
+    base = [bins / "rrank", "generate", "--model", smoke, "--device", "cuda", "--prompt-ids", "1,2,3", "--max-tokens", 4]
+    p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", 3, *base[:1], *base[1:], "-tp", 3])
+    msg = [l for l in p.stderr.splitlines() if "error" in l]
+    check("refuse 3 ranks on 2 GPUs", p.returncode != 0 and any("LOCAL_WORLD_SIZE" in l for l in msg), msg[:1])
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="0")
+    a = subprocess.Popen([str(c) for c in [bins / "rrun", "--nnodes", 2, "--node-rank", 1, "--master-port", 29621, *base, "-tp", 2]],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p, _ = run([bins / "rrun", "--nnodes", 2, "--node-rank", 0, "--master-port", 29621, *base, "-tp", 2], env=env)
+    _, aerr = a.communicate(timeout=120)
+    msg = [l for l in (p.stderr + aerr).splitlines() if "would share GPU" in l]
+    check("refuse two ranks on one GPU", p.returncode != 0 and a.returncode != 0 and bool(msg), msg[:1])
+    if (model8b / "config.json").exists():
+        p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", 1, bins / "rrank", "--model", model8b, "--device", "cuda",
+                    "--gpu-memory-utilization", 0.2, "--port", 0])
+        msg = [l for l in p.stderr.splitlines() if "--max-model-len" in l and "error" in l]
+        check("refuse a --max-model-len that does not fit", p.returncode != 0 and bool(msg), msg[:1])
+
+
+def post(port, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=60).read())
+
+
+def serve_once(cmds, port, prompts):
+    procs = [subprocess.Popen([str(c) for c in c_], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) for c_, e in cmds]
+    try:
+        t = time.time()
+        while time.time() - t < 300:
+            if any(p.poll() is not None for p in procs):
+                return None, "a server process exited: " + procs[0].stderr.read()[-2000:]
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except Exception:
+                time.sleep(0.5)
+        outs = [post(port, "/v1/completions", {"model": "m", "prompt": pr, "max_tokens": 24, "temperature": 0})
+                ["choices"][0]["text"] for pr in prompts]
+        return outs, ""
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            p.wait(timeout=60)
+
+
+def twonode(bins, tmp):
+    smoke = tmp / "smoke-model"
+    run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "smoke", smoke])
+    prompts = ["Hello there", "The capital of France is", "1 2 3 4"]
+    rr = lambda *a: [bins / "rrun", *a, bins / "rrank", "--model", smoke, "--served-model-name", "m", "-tp", 2,
+                     "--port", 8123, "--device", "cuda"]
+    one, err = serve_once([(rr("--standalone", "--nproc-per-node", 2), None)], 8123, prompts)
+    if one is None:
+        check("twonode single agent", False, err)
+        return
+    cmds = [(rr("--nnodes", 2, "--node-rank", r, "--master-port", 29631), dict(os.environ, CUDA_VISIBLE_DEVICES=str(r)))
+            for r in (1, 0)]
+    two, err = serve_once(cmds, 8123, prompts)
+    check("twonode: two agents serve what one agent serves", two == one, f"{one} vs {two} {err}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(ROOT / "target" / "release"))
+    ap.add_argument("--tmp", default="/tmp/rrun-gpu-check")
+    ap.add_argument("--model8b", default="/tmp/rrun-llama3-8b-random")
+    ap.add_argument("--only", default="tiny,sampler,8b,refusals,twonode")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    bins, tmp = Path(a.bin).resolve(), Path(a.tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    names = gpus()
+    say("GPUs:", names)
+    say(run([bins / "rrun", "--version"])[0].stdout.strip())
+    say(run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])[0].stdout.strip().splitlines()[:1])
+    only = a.only.split(",")
+    if "tiny" in only:
+        tiny(bins, tmp, len(names))
+    if "sampler" in only:
+        sampler(bins, tmp)
+    if "8b" in only:
+        big(bins, tmp, len(names), Path(a.model8b))
+    if "refusals" in only and len(names) == 2:
+        refusals(bins, tmp, Path(a.model8b))
+    if "twonode" in only and len(names) >= 2:
+        twonode(bins, tmp)
+    bad = [r for r in RESULTS if not r["ok"]]
+    say(f"\n{len(RESULTS) - len(bad)}/{len(RESULTS)} GPU checks passed")
+    if a.json:
+        Path(a.json).write_text(json.dumps(RESULTS, indent=1))
+    sys.exit(1 if bad or not RESULTS else 0)
+
+
+if __name__ == "__main__":
+    main()
