@@ -8,16 +8,19 @@
 #   --bin    folder with rrun and rrank (default: next to `rrun` on PATH, else target/release)
 #   --model  a Llama-family HF folder with tokenizer.json (default: a small random one is made
 #            with python3 + transformers in $TMPDIR)
+#   --dtype  float32 (default: exact enough that -tp N and -tp 1 pick the same greedy tokens;
+#            in bfloat16 the different reduction order may flip near-ties), bfloat16, float16
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-BIN="" MODEL="" N=2 PORT=8765
+BIN="" MODEL="" N=2 PORT=8765 DTYPE=float32
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift 2 ;;
     --model) MODEL="$2"; shift 2 ;;
     --nproc-per-node) N="$2"; shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    --dtype) DTYPE="$2"; shift 2 ;;
+    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
     *) echo "smoke: unknown argument $1 (see --help)"; exit 1 ;;
   esac
 done
@@ -50,7 +53,7 @@ api() { curl -sS --max-time 60 -H 'Content-Type: application/json' "http://127.0
 serve() { # serve NPROC TP
   : >"$LOG"
   "$RRUN" --standalone --nproc-per-node "$1" "$RRANK" --model "$MODEL" --served-model-name smoke \
-    -tp "$2" --port "$PORT" >>"$LOG" 2>&1 &
+    -tp "$2" --port "$PORT" --dtype "$DTYPE" >>"$LOG" 2>&1 &
   SERVER=$!
   for _ in $(seq 1 600); do
     kill -0 "$SERVER" 2>/dev/null || { wait "$SERVER"; fail "the server exited with code $? before /health answered ($1 ranks, -tp $2)"; }

@@ -209,7 +209,7 @@ fn write_dump(
     let j = if logits.len() <= 4 << 20 {
         json!({"prompt_ids": prompt, "prompt_logits": rows, "prompt_argmax": argmax, "tokens": out})
     } else {
-        json!({"prompt_ids": prompt, "prompt_argmax": argmax, "tokens": out})
+        json!({"prompt_ids": prompt, "prompt_argmax": argmax, "last_logits": rows.last(), "tokens": out})
     };
     std::fs::write(path, j.to_string())
         .map_err(|e| RankError::Runtime(format!("cannot write {}: {e}", path.display())))
