@@ -254,18 +254,25 @@ impl Gpu {
                 gib(total)
             ))
         })?;
-        // SAFETY: `ptr` holds `bytes` bytes.
-        unsafe { drv::memset_d8_sync(ptr, 0, bytes) }.map_err(run_err("memset"))?;
+        // SAFETY: `ptr` holds `bytes` bytes. On this rank's stream: the legacy stream
+        // does not order with a non-blocking one.
+        unsafe { drv::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
+            .map_err(run_err("memset"))?;
         Ok(DevBuf { ptr, bytes })
     }
 
-    /// Copies host bytes to device address `dst` (synchronous).
+    /// Copies host bytes to device address `dst`, ordered on this rank's stream. The
+    /// host memory is pageable, so the driver stages it before returning and `src`
+    /// may be dropped at once. (A plain synchronous copy would go through the legacy
+    /// stream, which the non-blocking stream does not wait for: kernels could read
+    /// the buffer before the data lands.)
     pub fn upload<T>(&self, dst: u64, src: &[T]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
         }
         // SAFETY: the caller sized `dst` for `src`.
-        unsafe { drv::memcpy_htod_sync(dst, src) }.map_err(run_err("host to device copy"))
+        unsafe { drv::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(run_err("host to device copy"))
     }
 
     /// Copies device bytes at `src` into `dst` (after the stream's work is done).
@@ -275,7 +282,9 @@ impl Gpu {
             return Ok(());
         }
         // SAFETY: the caller sized `dst` for the bytes at `src`.
-        unsafe { drv::memcpy_dtoh_sync(dst, src) }.map_err(run_err("device to host copy"))
+        unsafe { drv::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(run_err("device to host copy"))?;
+        self.sync()
     }
 
     /// Waits for the stream.

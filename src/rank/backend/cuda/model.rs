@@ -283,9 +283,7 @@ impl CudaModel {
             &format!("convert_{}_{}", sd.suffix(), self.dt.suffix()),
             n,
             Args::new().ptr(st).ptr(dst).i64(n as i64),
-        )?;
-        // The staging buffer is reused by the next tensor.
-        self.gpu.sync()
+        )
     }
 
     fn rows_into(
