@@ -56,7 +56,10 @@ serve() { # serve NPROC TP
     -tp "$2" --port "$PORT" --dtype "$DTYPE" >>"$LOG" 2>&1 &
   SERVER=$!
   for _ in $(seq 1 600); do
-    kill -0 "$SERVER" 2>/dev/null || { wait "$SERVER"; fail "the server exited with code $? before /health answered ($1 ranks, -tp $2)"; }
+    if ! kill -0 "$SERVER" 2>/dev/null; then
+      wait "$SERVER"; rc=$?
+      fail "the server exited with code $rc before /health answered ($1 ranks, -tp $2): $(grep -m1 'rrank: error' "$LOG" || echo 'see the log below')"
+    fi
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" = 200 ] && return 0
     sleep 0.5
   done
