@@ -232,7 +232,7 @@ pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -379,7 +379,7 @@ pub fn load_backend(engine: &EngineArgs, s: &mut Startup) -> Result<Backend, Ran
                 .num_threads(threads)
                 .build_global();
             Ok(Backend::Cpu {
-                model: RankModel::load(s.cfg.clone(), &weights, s.place, threads),
+                model: Box::new(RankModel::load(s.cfg.clone(), &weights, s.place, threads)),
                 kv: None,
             })
         }

@@ -4,6 +4,7 @@
 //! `--include-ignored` and `RRUN_TEST_PYTHON` pointing at the test venv.
 
 mod cli;
+mod kernels;
 mod store_robustness;
 mod store_torch;
 mod util;

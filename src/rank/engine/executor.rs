@@ -14,7 +14,7 @@ use crate::rank::model::llama::{RankModel, SeqChunk};
 /// The model on its device, with its KV cache.
 pub enum Backend {
     Cpu {
-        model: RankModel,
+        model: Box<RankModel>,
         kv: Option<KvCache>,
     },
     Cuda(Box<CudaModel>),

@@ -1,0 +1,95 @@
+//! The CUDA backend on a machine without a GPU: every kernel compiles with NVRTC
+//! (from the pip wheels that torch installs into the test venv), and asking for a
+//! GPU that is not there is one clear line and exit 2.
+
+use std::process::Command;
+
+use crate::util::torch_python;
+
+fn rrank() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_rrank"))
+}
+
+#[test]
+#[ignore = "needs the test venv's NVRTC wheel (RRUN_TEST_PYTHON); run by scripts/test.sh"]
+fn every_kernel_compiles_with_nvrtc() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(rrank())
+        .args(["kernels", "--arch", "sm_80,sm_90"])
+        .env("RRUN_PYTHON", torch_python())
+        .env("RRUN_KERNEL_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for module in ["llama", "sample"] {
+        for arch in ["sm_80", "sm_90"] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("{module} {arch}:")))
+                .unwrap_or_else(|| panic!("no {module} {arch} in {stdout}"));
+            assert!(!line.contains("from the cache"), "compiled fresh: {line}");
+        }
+    }
+    // A second run is served from the disk cache.
+    let again = Command::new(rrank())
+        .args(["kernels", "--arch", "sm_90"])
+        .env("RRUN_PYTHON", torch_python())
+        .env("RRUN_KERNEL_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("from the cache"));
+}
+
+#[test]
+fn no_gpu_is_one_clear_line_and_exit_2() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/llama");
+    let out = Command::new(rrank())
+        .args([
+            "generate",
+            "--model",
+            data,
+            "--prompt-ids",
+            "1,2",
+            "--device",
+            "cuda",
+        ])
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("RRUN_PYTHON", "/nonexistent/python")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(0) {
+        return; // a machine with a GPU: nothing to check here
+    }
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        err.contains("libcuda") || err.contains("no GPU is visible"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bf16_on_cpu_is_refused() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/llama");
+    let out = Command::new(rrank())
+        .args([
+            "generate",
+            "--model",
+            data,
+            "--prompt-ids",
+            "1,2",
+            "--device",
+            "cpu",
+            "--dtype",
+            "bfloat16",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--dtype bfloat16 needs a GPU"), "{err}");
+}
