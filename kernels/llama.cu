@@ -113,7 +113,7 @@ template <typename T>
 __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, const int *tok_pos,
                                const int *tok_tab, const int *blocks, int heads, int kvh_local,
                                int hd, int stride, int q_start, int group, int kv_start, int bs,
-                               float scale, int window, int round_p) {
+                               float scale, int window) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     i64 t = blockIdx.x;
     int h = blockIdx.y * (blockDim.x >> 5) + warp;
@@ -147,12 +147,10 @@ __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, c
         float corr = expf(m - mn);
         float p = expf(s - mn);
         l = l * corr + p;
-        // Flash attention multiplies V by P rounded to the element type; round_p does too.
-        float pv = round_p ? rnd<T>(p) : p;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int d = lane + 32 * i;
-            if (d < hd) acc[i] = acc[i] * corr + pv * tof(v[d]);
+            if (d < hd) acc[i] = acc[i] * corr + p * tof(v[d]);
         }
         m = mn;
     }
@@ -167,9 +165,9 @@ __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, c
     extern "C" __global__ void attention_##S(                                                   \
         const T *qkv, const T *kc, const T *vc, T *out, const int *tok_pos, const int *tok_tab,  \
         const int *blocks, int heads, int kvh_local, int hd, int stride, int q_start, int group, \
-        int kv_start, int bs, float scale, int window, int round_p) {                            \
+        int kv_start, int bs, float scale, int window) {                                         \
         attention_impl<T>(qkv, kc, vc, out, tok_pos, tok_tab, blocks, heads, kvh_local, hd,      \
-                          stride, q_start, group, kv_start, bs, scale, window, round_p);         \
+                          stride, q_start, group, kv_start, bs, scale, window);                  \
     }
 RR_FOR_TYPES(ATTENTION)
 

@@ -630,8 +630,7 @@ impl CudaModel {
                     .i32(self.kv_start as i32)
                     .i32(bs as i32)
                     .f32(scale)
-                    .i32(window)
-                    .i32(std::env::var("RRANK_ATTN_ROUND_P").map_or(0, |v| (v == "1") as i32)),
+                    .i32(window),
             )?;
             self.gpu.gemm(self.dt, t, h, nq, attn, l.o.ptr, y)?;
             self.tp_all_reduce(y, t * h)?;
