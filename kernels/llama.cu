@@ -216,3 +216,59 @@ template <typename T> __device__ void gather_rows_impl(const T *x, const int *ro
         gather_rows_impl<T>(x, rows, out, cols);                                               \
     }
 RR_FOR_TYPES(GATHER_ROWS)
+
+// ---- y[m, n] = x[m, k] · w[n, k]ᵀ for the few token rows of a decode step (m <= 8):
+// one warp per output row streams the weight row once in 16-byte loads and dots it with
+// every token row (which stay in L1/L2). cuBLAS does larger m. Needs k % 8 == 0 and
+// 16-byte aligned rows.
+#define RR_GEMV_MAX_M 8
+template <typename T> __device__ __forceinline__ void load8(const T *p, float *f) {
+    if constexpr (sizeof(T) == 2) {
+        uint4 u = *reinterpret_cast<const uint4 *>(p);
+        const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+        for (int i = 0; i < 8; i++) f[i] = tof(e[i]);
+    } else {
+        uint4 u0 = *reinterpret_cast<const uint4 *>(p), u1 = *(reinterpret_cast<const uint4 *>(p) + 1);
+        const T *e0 = reinterpret_cast<const T *>(&u0), *e1 = reinterpret_cast<const T *>(&u1);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[i] = tof(e0[i]);
+            f[4 + i] = tof(e1[i]);
+        }
+    }
+}
+template <typename T> __device__ void gemv_impl(const T *x, const T *w, T *y, int m, int n, int k) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (row >= n) return;
+    const T *wr = w + (i64)row * k;
+    float acc[RR_GEMV_MAX_M];
+#pragma unroll
+    for (int r = 0; r < RR_GEMV_MAX_M; r++) acc[r] = 0.f;
+    for (int c = lane * 8; c < k; c += 256) {
+        float wf[8];
+        load8(wr + c, wf);
+#pragma unroll
+        for (int r = 0; r < RR_GEMV_MAX_M; r++) {
+            if (r < m) {
+                float xf[8];
+                load8(x + (i64)r * k + c, xf);
+#pragma unroll
+                for (int i = 0; i < 8; i++) acc[r] += wf[i] * xf[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RR_GEMV_MAX_M; r++) {
+        if (r < m) {
+            float s = warp_sum(acc[r]);
+            if (lane == 0) y[(i64)r * n + row] = fromf<T>(s);
+        }
+    }
+}
+#define GEMV(S, T)                                                                            \
+    extern "C" __global__ void gemv_##S(const T *x, const T *w, T *y, int m, int n, int k) {  \
+        gemv_impl<T>(x, w, y, m, n, k);                                                       \
+    }
+RR_FOR_TYPES(GEMV)

@@ -8,7 +8,9 @@ Checks:
             TP 1, 2 and PP 2: logits within 1e-3 of transformers (f32, CPU) and identical greedy tokens
   sampler   GPU sampling: a seed reproduces its tokens, top-k 1 equals greedy
   8b        a random Llama-3-8B-shaped bf16 checkpoint made here: teacher-forced top-1 agreement with
-            transformers bf16 (same GPU) over 1,024 positions at TP 1, TP 2 and PP 2
+            transformers bf16 (same GPU) over 1,024 positions at TP 1, TP 2 and PP 2 (with transformers'
+            own eager-vs-sdpa spread for scale), and float32 against transformers float32
+  decode    the decode GEMV kernel against cuBLAS and float32 on the first decode step; decode speed
   refusals  3 ranks on 2 GPUs, two ranks on one GPU, a --max-model-len that does not fit
   twonode   two rrun agents (--nnodes 2, one GPU each) serving TP 2 answer as one agent does
 """
@@ -165,6 +167,35 @@ def big(bins, tmp, n_gpus, model):
               f"positions whose top-2 margin exceeds 2 bf16 ulps; run {dt:.0f} s; {lines}")
 
 
+def decode(bins, tmp, n_gpus, model):
+    """The decode GEMV kernel against cuBLAS and float32 on the 8B shape, then decode speed."""
+    if not (model / "config.json").exists():
+        run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "8b", model], timeout=900)
+    ids = ",".join(str(i) for i in range(1000, 1064))
+    logits = {}
+    for name, env, extra in (("gemv", "1", []), ("cublas", "0", []), ("f32", "1", ["--dtype", "float32"])):
+        dump = tmp / f"decode-{name}.json"
+        p, _ = generate(bins, model, 1, ["--prompt-ids", ids, "--max-tokens", 2, "--ignore-eos", *extra], dump,
+                        env=dict(os.environ, RRANK_GEMV=env))
+        logits[name] = json.loads(dump.read_text())["decode_logits"] if p.returncode == 0 else None
+    if None in logits.values():
+        check("decode GEMV", False, "a run failed")
+        return
+    err = lambda a: max(abs(x - y) for x, y in zip(logits[a], logits["f32"]))
+    am = lambda a: max(range(len(logits[a])), key=logits[a].__getitem__)
+    e_g, e_c = err("gemv"), err("cublas")
+    check("decode GEMV kernel (bf16, 8B shape, first decode step)", e_g <= 1.5 * e_c + 0.05,
+          f"max |logit diff| to float32: GEMV {e_g:.3f}, cuBLAS {e_c:.3f}; argmax GEMV {am('gemv')}, cuBLAS {am('cublas')}, "
+          f"float32 {am('f32')}")
+    for tp in ([1, 2] if n_gpus >= 2 else [1]):
+        for env in ("0", "1"):
+            p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", tp, bins / "rrank", "generate", "--model", model,
+                        "-tp", tp, "--prompt-ids", "1,2,3,4,5,6,7,8", "--max-tokens", 256, "--ignore-eos"],
+                       env=dict(os.environ, RRANK_GEMV=env))
+            line = [l for l in p.stderr.splitlines() if "generated tokens" in l]
+            say(f"decode speed tp{tp} {'GEMV' if env == '1' else 'cuBLAS'}: {line[:1]}")
+
+
 def refusals(bins, tmp, model8b):
     smoke = tmp / "smoke-model"
     run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "smoke", smoke])
@@ -239,7 +270,7 @@ def main():
     ap.add_argument("--bin", default=str(ROOT / "target" / "release"))
     ap.add_argument("--tmp", default="/tmp/rrun-gpu-check")
     ap.add_argument("--model8b", default="/tmp/rrun-llama3-8b-random")
-    ap.add_argument("--only", default="tiny,sampler,8b,refusals,twonode")
+    ap.add_argument("--only", default="tiny,sampler,8b,decode,refusals,twonode")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     bins, tmp = Path(a.bin).resolve(), Path(a.tmp)
@@ -255,6 +286,8 @@ def main():
         sampler(bins, tmp)
     if "8b" in only:
         big(bins, tmp, len(names), Path(a.model8b))
+    if "decode" in only:
+        decode(bins, tmp, len(names), Path(a.model8b))
     if "refusals" in only and len(names) == 2:
         refusals(bins, tmp, Path(a.model8b))
     if "twonode" in only and len(names) >= 2:

@@ -97,6 +97,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
     let sampler_rank = place.sampler();
     let mut out: Vec<u32> = Vec::new();
     let mut prompt_logits: Option<Vec<f32>> = None;
+    let mut decode_logits: Option<Vec<f32>> = None;
     let mut printed = String::new();
     let t0 = Instant::now();
     let mut t_first = 0.0;
@@ -104,6 +105,8 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
     let mut step_tokens = prompt.clone();
     while out.len() < args.max_tokens {
         let all_logits = pos == 0 && args.dump.is_some();
+        // The first decode step's logits too (a one-token step: the decode kernels).
+        let first_decode = out.len() == 1 && args.dump.is_some();
         let chunk = SeqChunk {
             tokens: &step_tokens,
             start: pos,
@@ -118,7 +121,12 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
             history: None,
         }];
         let step = backend
-            .step(comm.as_mut(), &[chunk], &mut draws, all_logits)
+            .step(
+                comm.as_mut(),
+                &[chunk],
+                &mut draws,
+                all_logits || first_decode,
+            )
             .map_err(io_err)?;
         pos += step_tokens.len();
         let mut tok_bytes = Vec::new();
@@ -126,6 +134,8 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
             tok_bytes = step.sampled[0].token.to_le_bytes().to_vec();
             if all_logits {
                 prompt_logits = step.logits;
+            } else if first_decode {
+                decode_logits = step.logits;
             }
         }
         let b = comm
@@ -188,6 +198,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
             path,
             &prompt,
             prompt_logits.as_deref().unwrap_or(&[]),
+            decode_logits.as_deref(),
             cfg.vocab_size,
             &out,
         )?;
@@ -200,17 +211,21 @@ fn write_dump(
     path: &Path,
     prompt: &[u32],
     logits: &[f32],
+    decode_logits: Option<&[f32]>,
     vocab: usize,
     out: &[u32],
 ) -> Result<(), RankError> {
     let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
     let argmax: Vec<usize> = rows.iter().map(|r| argmax(r)).collect();
     // Full logits only where they stay small (tiny test models); the argmax always.
-    let j = if logits.len() <= 4 << 20 {
+    let mut j = if logits.len() <= 4 << 20 {
         json!({"prompt_ids": prompt, "prompt_logits": rows, "prompt_argmax": argmax, "tokens": out})
     } else {
         json!({"prompt_ids": prompt, "prompt_argmax": argmax, "last_logits": rows.last(), "tokens": out})
     };
+    if let Some(d) = decode_logits {
+        j["decode_logits"] = json!(d);
+    }
     std::fs::write(path, j.to_string())
         .map_err(|e| RankError::Runtime(format!("cannot write {}: {e}", path.display())))
 }

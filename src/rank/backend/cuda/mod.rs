@@ -146,6 +146,8 @@ pub struct Gpu {
     pub ordinal: usize,
     pub name: String,
     pub total_mem: usize,
+    /// Use the decode GEMV kernel (`RRANK_GEMV=0` turns it off, for comparisons).
+    gemv: bool,
     blas: blas_sys::cublasHandle_t,
     funcs: HashMap<String, drv_sys::CUfunction>,
     pub stream: Arc<CudaStream>,
@@ -223,6 +225,7 @@ impl Gpu {
             ordinal: local_rank,
             name,
             total_mem,
+            gemv: std::env::var("RRANK_GEMV").as_deref() != Ok("0"),
             blas,
             funcs,
             stream,
@@ -341,6 +344,22 @@ impl Gpu {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        // Decode steps (a few token rows, 16-bit weights): a weight-streaming kernel
+        // reads each weight once at close to memory bandwidth; cuBLAS otherwise.
+        if m <= 8 && dt != DType::F32 && k % 8 == 0 && (x | w | y) % 16 == 0 && self.gemv {
+            return self.launch(
+                &format!("gemv_{}", dt.suffix()),
+                (n.div_ceil(8) as u32, 1, 1),
+                256,
+                Args::new()
+                    .ptr(x)
+                    .ptr(w)
+                    .ptr(y)
+                    .i32(m as i32)
+                    .i32(n as i32)
+                    .i32(k as i32),
+            );
+        }
         let (alpha, beta) = (1f32, 0f32);
         // SAFETY: buffers sized by the caller; column-major view: yᵀ = w · xᵀ.
         unsafe {
@@ -422,7 +441,7 @@ mod tests {
         assert!(llama.contains(&"convert_bf16_f32".to_string()), "{llama:?}");
         assert!(llama.contains(&"attention_f16".to_string()));
         assert!(llama.contains(&"rms_norm_bf16".to_string()));
-        assert_eq!(llama.len(), 9 + 3 * 9, "{llama:?}");
+        assert_eq!(llama.len(), 9 + 3 * 10, "{llama:?}");
         assert_eq!(
             kernel_names(nvrtc::MODULES[1].1),
             ["sample_f32", "sample_bf16", "sample_f16"]
