@@ -346,7 +346,12 @@ impl Gpu {
         }
         // Decode steps (a few token rows, 16-bit weights): a weight-streaming kernel
         // reads each weight once at close to memory bandwidth; cuBLAS otherwise.
-        if m <= 8 && dt != DType::F32 && k % 8 == 0 && (x | w | y) % 16 == 0 && self.gemv {
+        if m <= 8
+            && dt != DType::F32
+            && k.is_multiple_of(8)
+            && (x | w | y).is_multiple_of(16)
+            && self.gemv
+        {
             return self.launch(
                 &format!("gemv_{}", dt.suffix()),
                 (n.div_ceil(8) as u32, 1, 1),
