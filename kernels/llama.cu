@@ -105,19 +105,21 @@ __device__ void kv_write_impl(const T *qkv, T *kc, T *vc, const int *slots, int 
     }
 RR_FOR_TYPES(KV_WRITE)
 
-// ---- paged attention: one warp per (token, query head), online softmax over the
-// token's sequence up to its own position (causal), read through the block table.
-// Works for prefill chunks (with cached prefixes) and decode tokens in one launch.
-// head_dim <= 256; lane l holds dims l, l+32, ...
+// ---- paged attention: one block per (token, query head); its warps take interleaved
+// keys of the token's sequence up to its own position (causal), read through the block
+// table, each with an online softmax, and warp 0 merges them in a fixed order. Works
+// for prefill chunks (with cached prefixes) and decode tokens in one launch.
+// head_dim <= 256; lane l holds dims l, l+32, ...; at most 8 warps.
 template <typename T>
 __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, const int *tok_pos,
                                const int *tok_tab, const int *blocks, int heads, int kvh_local,
                                int hd, int stride, int q_start, int group, int kv_start, int bs,
                                float scale, int window) {
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __shared__ float sm_m[8], sm_l[8];
+    __shared__ float sm_acc[8][256];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     i64 t = blockIdx.x;
-    int h = blockIdx.y * (blockDim.x >> 5) + warp;
-    if (h >= heads) return;
+    int h = blockIdx.y;
     int pos = tok_pos[t];
     const int *tab = blocks + tok_tab[t];
     int kvh = (q_start + h) / group - kv_start;
@@ -132,7 +134,7 @@ __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, c
     float m = -RR_INF, l = 0.f;
     int first = window > 0 ? max(0, pos + 1 - window) : 0;
     i64 row = (i64)kvh_local * hd;
-    for (int j = first; j <= pos; j++) {
+    for (int j = first + warp; j <= pos; j += nw) {
         i64 slot = (i64)tab[j / bs] * bs + j % bs;
         const T *k = kc + slot * row + (i64)kvh * hd;
         const T *v = vc + slot * row + (i64)kvh * hd;
@@ -154,11 +156,37 @@ __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, c
         }
         m = mn;
     }
-    T *o = out + t * (i64)heads * hd + (i64)h * hd;
+    if (lane == 0) {
+        sm_m[warp] = m;
+        sm_l[warp] = l;
+    }
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         int d = lane + 32 * i;
-        if (d < hd) o[d] = fromf<T>(acc[i] / l);
+        if (d < hd) sm_acc[warp][d] = acc[i];
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    float mx = -RR_INF;
+    for (int w = 0; w < nw; w++) mx = fmaxf(mx, sm_m[w]);
+    float den = 0.f, o[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) o[i] = 0.f;
+    for (int w = 0; w < nw; w++) {
+        if (sm_m[w] == -RR_INF) continue;
+        float c = expf(sm_m[w] - mx);
+        den += sm_l[w] * c;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int d = lane + 32 * i;
+            if (d < hd) o[i] += sm_acc[w][d] * c;
+        }
+    }
+    T *dst = out + t * (i64)heads * hd + (i64)h * hd;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int d = lane + 32 * i;
+        if (d < hd) dst[d] = fromf<T>(o[i] / den);
     }
 }
 #define ATTENTION(S, T)                                                                          \

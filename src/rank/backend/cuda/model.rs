@@ -611,8 +611,8 @@ impl CudaModel {
             )?;
             self.gpu.launch(
                 &format!("attention_{}", self.dt.suffix()),
-                (t as u32, self.heads.div_ceil(4) as u32, 1),
-                128,
+                (t as u32, self.heads as u32, 1),
+                256,
                 Args::new()
                     .ptr(qkv)
                     .ptr(kc.ptr)
