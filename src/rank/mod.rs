@@ -1,13 +1,14 @@
 //! rrank, the rank process of a tensor/pipeline-parallel Llama-family server
-//! (shared/DESIGN.md). Today: the CPU reference backend and `rrank generate`; the
-//! HTTP server and the CUDA backend build on the same model and communicator.
+//! (shared/DESIGN.md): every rank validates, connects, loads its shard on its device
+//! and runs the steps; rank 0 also serves HTTP and schedules.
 //!
-//! - [`dist`] — env contract, TP × PP placement, the `Comm` trait (TCP between CPU ranks)
-//! - [`model`] — config.json + validation, safetensors shards, the sharded Llama forward
-//! - [`backend`] — f32 CPU kernels
-//! - [`kv`] — the paged KV cache
-//! - [`engine`] — sampling
-//! - [`startup`], [`generate`]: the offline generation path
+//! - [`dist`] — env contract, TP × PP placement, the `Comm` trait (a TCP mesh: the
+//!   control plane, and all collectives on CPU)
+//! - [`model`] — config.json + validation, safetensors shards, the sharded Llama forward (CPU)
+//! - [`backend`] — f32 CPU kernels; the CUDA backend (its own sharded model, NCCL)
+//! - [`kv`] — the paged KV cache and block allocator
+//! - [`engine`] — scheduler, StepPlan, executor (over either backend), sampler
+//! - [`serve`] — the HTTP server; [`generate`] — one prompt offline; [`startup`] — the order of it all
 
 pub mod backend;
 pub mod cli;
