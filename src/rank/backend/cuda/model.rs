@@ -445,6 +445,56 @@ impl CudaModel {
             .launch_1d(&format!("{name}_{}", self.dt.suffix()), n, args)
     }
 
+    /// `buf[r, c] += bias[c]` over `rows` rows of `cols`, when there is a bias.
+    fn add_bias(&self, buf: u64, bias: Option<&DevBuf>, rows: usize, cols: usize) -> Result<()> {
+        let Some(b) = bias else {
+            return Ok(());
+        };
+        let n = rows * cols;
+        self.elementwise(
+            "add_bias",
+            n,
+            Args::new()
+                .ptr(buf)
+                .ptr(b.ptr)
+                .i32(cols as i32)
+                .i64(n as i64),
+        )
+    }
+
+    /// `out = rms_norm(x [+= y]) · w` over `rows` rows (`y = 0`: no residual add).
+    fn rms_norm(&self, x: u64, y: u64, w: &DevBuf, out: u64, rows: usize) -> Result<()> {
+        let h = self.cfg.hidden_size;
+        self.launch_rows(
+            "rms_norm",
+            rows,
+            h,
+            Args::new()
+                .ptr(x)
+                .ptr(y)
+                .ptr(w.ptr)
+                .ptr(out)
+                .i32(h as i32)
+                .f32(self.cfg.rms_norm_eps as f32),
+        )
+    }
+
+    /// A row-parallel product: `y = all_reduce(input[t, k] · wᵀ) + bias` (bias once).
+    fn row_parallel(
+        &self,
+        t: usize,
+        k: usize,
+        input: u64,
+        w: &DevBuf,
+        bias: Option<&DevBuf>,
+        y: u64,
+    ) -> Result<()> {
+        let h = self.cfg.hidden_size;
+        self.gpu.gemm(self.dt, t, h, k, input, w.ptr, y)?;
+        self.tp_all_reduce(y, t * h)?;
+        self.add_bias(y, bias, t, h)
+    }
+
     /// Runs this rank's part of one step over `chunks`. On the sampling rank
     /// (`sampler`), draws `draws` from the logits rows and, with `want_logits`, also
     /// returns every row's logits; `None` elsewhere.
@@ -526,7 +576,6 @@ impl CudaModel {
             p(self, "act"),
         );
         let cfg = &self.cfg;
-        let eps = cfg.rms_norm_eps as f32;
 
         if let Some(e) = &self.embed {
             self.launch_rows(
@@ -556,30 +605,9 @@ impl CudaModel {
         let mut pending = false;
         for (li, l) in self.weights.iter().enumerate() {
             let (kc, vc) = (&self.kv[li].0, &self.kv[li].1);
-            self.launch_rows(
-                "rms_norm",
-                t,
-                h,
-                Args::new()
-                    .ptr(x)
-                    .ptr(if pending { y } else { 0 })
-                    .ptr(l.in_norm.ptr)
-                    .ptr(a)
-                    .i32(h as i32)
-                    .f32(eps),
-            )?;
+            self.rms_norm(x, if pending { y } else { 0 }, &l.in_norm, a, t)?;
             self.gpu.gemm(self.dt, t, qkvw, h, a, l.qkv.ptr, qkv)?;
-            if let Some(b) = &l.qkv_bias {
-                self.elementwise(
-                    "add_bias",
-                    t * qkvw,
-                    Args::new()
-                        .ptr(qkv)
-                        .ptr(b.ptr)
-                        .i32(qkvw as i32)
-                        .i64((t * qkvw) as i64),
-                )?;
-            }
+            self.add_bias(qkv, l.qkv_bias.as_ref(), t, qkvw)?;
             for (nh, off) in [(self.heads, 0), (self.kv_heads, nq)] {
                 self.launch_rows(
                     "rope",
@@ -632,44 +660,11 @@ impl CudaModel {
                     .f32(scale)
                     .i32(window),
             )?;
-            self.gpu.gemm(self.dt, t, h, nq, attn, l.o.ptr, y)?;
-            self.tp_all_reduce(y, t * h)?;
-            if let Some(b) = &l.o_bias {
-                self.elementwise(
-                    "add_bias",
-                    t * h,
-                    Args::new()
-                        .ptr(y)
-                        .ptr(b.ptr)
-                        .i32(h as i32)
-                        .i64((t * h) as i64),
-                )?;
-            }
-            self.launch_rows(
-                "rms_norm",
-                t,
-                h,
-                Args::new()
-                    .ptr(x)
-                    .ptr(y)
-                    .ptr(l.post_norm.ptr)
-                    .ptr(a)
-                    .i32(h as i32)
-                    .f32(eps),
-            )?;
+            self.row_parallel(t, nq, attn, &l.o, l.o_bias.as_ref(), y)?;
+            self.rms_norm(x, y, &l.post_norm, a, t)?;
             let i2 = 2 * self.inter;
             self.gpu.gemm(self.dt, t, i2, h, a, l.gu.ptr, gu)?;
-            if let Some(b) = &l.gu_bias {
-                self.elementwise(
-                    "add_bias",
-                    t * i2,
-                    Args::new()
-                        .ptr(gu)
-                        .ptr(b.ptr)
-                        .i32(i2 as i32)
-                        .i64((t * i2) as i64),
-                )?;
-            }
+            self.add_bias(gu, l.gu_bias.as_ref(), t, i2)?;
             let n = t * self.inter;
             self.elementwise(
                 "silu_mul",
@@ -680,20 +675,7 @@ impl CudaModel {
                     .i32(self.inter as i32)
                     .i64(n as i64),
             )?;
-            self.gpu
-                .gemm(self.dt, t, h, self.inter, act, l.down.ptr, y)?;
-            self.tp_all_reduce(y, t * h)?;
-            if let Some(b) = &l.down_bias {
-                self.elementwise(
-                    "add_bias",
-                    t * h,
-                    Args::new()
-                        .ptr(y)
-                        .ptr(b.ptr)
-                        .i32(h as i32)
-                        .i64((t * h) as i64),
-                )?;
-            }
+            self.row_parallel(t, self.inter, act, &l.down, l.down_bias.as_ref(), y)?;
             pending = true;
         }
         if pending {
@@ -725,18 +707,12 @@ impl CudaModel {
                 .ptr(sel)
                 .i32(h as i32),
         )?;
-        let fnorm = self.final_norm.as_ref().expect("last stage").ptr;
-        self.launch_rows(
-            "rms_norm",
+        self.rms_norm(
+            sel,
+            0,
+            self.final_norm.as_ref().expect("last stage"),
+            seln,
             r,
-            h,
-            Args::new()
-                .ptr(sel)
-                .ptr(0)
-                .ptr(fnorm)
-                .ptr(seln)
-                .i32(h as i32)
-                .f32(eps),
         )?;
         let head = self.lm_head.as_ref().expect("last stage").ptr;
         self.gpu.gemm(self.dt, r, self.chunk, h, seln, head, lg)?;
