@@ -410,3 +410,14 @@ pub fn load_backend(engine: &EngineArgs, s: &mut Startup) -> Result<Backend, Ran
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1056), "1,056");
+        assert_eq!(super::thousands(24541936), "24,541,936");
+    }
+}

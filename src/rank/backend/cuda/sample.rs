@@ -161,3 +161,45 @@ pub fn sample(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rank::engine::sampler::{Rng, SamplingParams};
+
+    #[test]
+    fn penalty_entries_are_distinct_counted_and_in_vocab() {
+        let params = SamplingParams {
+            repetition_penalty: 1.2,
+            frequency_penalty: 0.5,
+            ..Default::default()
+        };
+        let hist = (vec![3, 3, 9, 500], vec![9, 9, 4]);
+        let d = DrawReq {
+            row: 0,
+            params: &params,
+            rng: Rng::new(0),
+            logprobs: None,
+            history: Some(&hist),
+        };
+        let mut out = vec![];
+        penalties(&d, 100, &mut out);
+        let got: Vec<(i32, i32, i32)> = out.iter().map(|p| (p.token, p.count, p.seen)).collect();
+        // 500 is outside the vocabulary; 9 is in the prompt and twice in the output.
+        assert_eq!(got, vec![(3, 0, 1), (4, 1, 1), (9, 2, 1)]);
+        let plain = SamplingParams::default();
+        let d = DrawReq {
+            params: &plain,
+            ..d
+        };
+        let mut none = vec![];
+        penalties(&d, 100, &mut none);
+        assert!(none.is_empty(), "no penalty, no entries");
+    }
+
+    #[test]
+    fn draw_mirrors_the_kernel_struct() {
+        assert_eq!(std::mem::size_of::<Draw>(), 48);
+        assert_eq!(std::mem::size_of::<Pen>(), 12);
+    }
+}
