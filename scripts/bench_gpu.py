@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""GPU serving benchmark (issue "GPU speed"): for each tensor-parallel size, cold start to
+/health 200, batch-1 decode and TTFT at low load, and throughput at several concurrencies
+(rrun-bench: random prompts, --input-len in, --output-len out, EOS ignored); optionally
+transformers' own batch-1 `generate` and continuous batching (`generate_batch`) on the same
+weights as peers. Writes JSON and, when matplotlib is importable, a PNG plot.
+
+Usage: bench_gpu.py [--bin DIR] [--model DIR] [--tp 1,2] [--concurrency 1,16,64,256]
+                    [--input-len 512] [--output-len 256] [--peers] [--out DIR] [--device cuda]
+Without --model a random Llama-3-8B-shaped bf16 checkpoint is made (scripts/make_gpu_model.py).
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def say(*a):
+    print(*a, flush=True)
+
+
+def health(port):
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+    except Exception:
+        return False
+
+
+def serve(bins, model, tp, port, device, log):
+    cmd = [bins / "rrun", "--standalone", "--nproc-per-node", tp, bins / "rrank", "--model", model, "-tp", tp,
+           "--port", port, "--device", device, "--max-num-seqs", 256, "--served-model-name", "bench"]
+    t0 = time.time()
+    p = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=log, start_new_session=True)
+    while not health(port):
+        if p.poll() is not None:
+            raise SystemExit(f"server exited with {p.returncode}; see {log.name}")
+        if time.time() - t0 > 600:
+            raise SystemExit("no /health 200 within 600 s")
+        time.sleep(0.02)
+    return p, time.time() - t0
+
+
+def stop(p):
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    p.wait(timeout=120)
+
+
+VOCAB = 1000
+
+
+def bench(bins, port, n, conc, ilen, olen, out):
+    cmd = [bins / "rrun-bench", "--base-url", f"http://127.0.0.1:{port}", "--num-prompts", n, "--max-concurrency",
+           conc, "--input-len", ilen, "--output-len", olen, "--vocab", VOCAB, "--result-json", out, "--quiet"]
+    subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
+    return json.loads(Path(out).read_text())
+
+
+PEERS = r"""
+import json, sys, time, torch
+from transformers import AutoModelForCausalLM, GenerationConfig
+path, ilen, olen, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if dev == "cuda" else torch.float32).to(dev).eval()
+g = torch.Generator().manual_seed(0)
+prompts = [torch.randint(4, 1000, (ilen,), generator=g).tolist() for _ in range(n)]
+res = {}
+ids = torch.tensor([prompts[0]], device=dev)
+with torch.no_grad():
+    m.generate(ids, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    t = time.time(); m.generate(ids, max_new_tokens=olen, min_new_tokens=olen, do_sample=False)
+    res["generate_batch1_tok_s"] = olen / (time.time() - t)
+cfg = GenerationConfig(max_new_tokens=olen, min_new_tokens=olen, do_sample=False, eos_token_id=-1, pad_token_id=0)
+try:
+    t = time.time(); out = m.generate_batch(inputs=prompts, generation_config=cfg)
+    dt = time.time() - t
+    toks = sum(len(r.generated_tokens) for r in out.values())
+    res["generate_batch_tok_s"] = toks / dt
+    res["generate_batch_requests"] = len(prompts)
+except Exception as e:
+    res["generate_batch_error"] = f"{type(e).__name__}: {e}"[:300]
+print(json.dumps(res))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(ROOT / "target" / "release"))
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--tp", default="1,2")
+    ap.add_argument("--concurrency", default="1,16,64,256")
+    ap.add_argument("--input-len", type=int, default=512)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--peers", action="store_true")
+    ap.add_argument("--peer-prompts", type=int, default=256)
+    ap.add_argument("--port", type=int, default=8555)
+    ap.add_argument("--out", default="bench-gpu")
+    a = ap.parse_args()
+    bins, out = Path(a.bin).resolve(), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = Path(a.model) if a.model else Path("/tmp/rrun-llama3-8b-random")
+    if not (model / "config.json").exists():
+        subprocess.run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "8b", model], check=True)
+    global VOCAB
+    VOCAB = min(VOCAB, json.loads((model / "config.json").read_text())["vocab_size"] - 1)
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip().splitlines() if a.device == "cuda" else ["cpu"]
+    result = {"gpu": gpu, "model": str(model), "input_len": a.input_len, "output_len": a.output_len, "tp": {}}
+    for tp in [int(x) for x in a.tp.split(",")]:
+        with open(out / f"server-tp{tp}.log", "w") as log:
+            p, cold = serve(bins, model, tp, a.port, a.device, log)
+            try:
+                r = {"cold_start_s": cold}
+                one = bench(bins, a.port, 4, 1, a.input_len, a.output_len, out / f"tp{tp}-c1-batch1.json")
+                r["batch1_decode_tok_s"] = 1e3 / one["tpot"]["p50_ms"]
+                r["ttft_p50_ms_low_load"] = one["ttft"]["p50_ms"]
+                r["concurrency"] = {}
+                for c in [int(x) for x in a.concurrency.split(",")]:
+                    b = bench(bins, a.port, max(2 * c, 8), c, a.input_len, a.output_len, out / f"tp{tp}-c{c}.json")
+                    r["concurrency"][c] = {"output_tok_s": b["output_throughput"], "ttft_p50_ms": b["ttft"]["p50_ms"],
+                                           "tpot_p50_ms": b["tpot"]["p50_ms"], "failed": b["failed"]}
+                    say(f"tp{tp} concurrency {c}: {b['output_throughput']:.0f} output tok/s, TTFT p50 "
+                        f"{b['ttft']['p50_ms']:.1f} ms, TPOT p50 {b['tpot']['p50_ms']:.2f} ms")
+            finally:
+                stop(p)
+        say(f"tp{tp}: cold start {cold:.2f} s, batch-1 decode {r['batch1_decode_tok_s']:.1f} tok/s, "
+            f"TTFT p50 {r['ttft_p50_ms_low_load']:.1f} ms")
+        result["tp"][tp] = r
+    if a.peers:
+        p = subprocess.run([sys.executable, "-c", PEERS, model, str(a.input_len), str(a.output_len), str(a.peer_prompts)],
+                           capture_output=True, text=True)
+        result["transformers"] = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"error": p.stderr[-500:]}
+        say("transformers:", result["transformers"])
+    (out / "bench-gpu.json").write_text(json.dumps(result, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for tp, r in result["tp"].items():
+            cs = sorted(r["concurrency"])
+            ax1.plot(cs, [r["concurrency"][c]["output_tok_s"] for c in cs], marker="o", label=f"rrank TP={tp}")
+            ax2.plot(cs, [r["concurrency"][c]["ttft_p50_ms"] for c in cs], marker="o", label=f"rrank TP={tp}")
+        peer = result.get("transformers", {}).get("generate_batch_tok_s")
+        if peer:
+            ax1.axhline(peer, linestyle="--", color="gray", label="transformers generate_batch")
+        for ax, t in ((ax1, "output tokens/s"), (ax2, "TTFT p50 (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrent requests")
+            ax.set_title(t)
+            ax.legend()
+        fig.suptitle(f"{model.name}, {a.input_len} in / {a.output_len} out, {gpu[0] if gpu else ''}")
+        fig.tight_layout()
+        fig.savefig(out / "bench-gpu.png", dpi=120)
+        say(f"wrote {out / 'bench-gpu.png'}")
+    except ImportError:
+        say("matplotlib is not installed: no PNG (the JSON has every number)")
+    say(f"wrote {out / 'bench-gpu.json'}")
+
+
+if __name__ == "__main__":
+    main()
