@@ -50,7 +50,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    fn stats(&self) -> Stats {
+    /// The numbers /metrics shows now.
+    pub fn stats(&self) -> Stats {
         Stats {
             running: self.sched.num_running(),
             waiting: self.sched.num_waiting(),

@@ -146,6 +146,8 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         ),
         codec,
     };
+    // /metrics shows the real KV capacity from the first scrape, not zeros until a step ran.
+    *stats.lock().unwrap() = eng.stats();
     state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     eprintln!(
         "rrank: serving {served} on http://{addr} (max_model_len {max_model_len}, {} ranks)",
