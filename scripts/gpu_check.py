@@ -200,7 +200,7 @@ def refusals(bins, tmp, model8b):
     smoke = tmp / "smoke-model"
     run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "smoke", smoke])
     base = [bins / "rrank", "generate", "--model", smoke, "--device", "cuda", "--prompt-ids", "1,2,3", "--max-tokens", 4]
-    p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", 3, *base[:1], *base[1:], "-tp", 3])
+    p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", 3, *base, "-tp", 3])
     msg = [l for l in p.stderr.splitlines() if "error" in l]
     check("refuse 3 ranks on 2 GPUs", p.returncode != 0 and any("LOCAL_WORLD_SIZE" in l for l in msg), msg[:1])
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="0")

@@ -58,19 +58,12 @@ pub struct SeqChunk<'a> {
 pub struct RankModel {
     pub cfg: ModelConfig,
     pub place: Placement,
-    /// Global indices of this stage's layers.
-    pub layers: (usize, usize),
+    pub shard: Shard,
     weights: Vec<Layer>,
     embed: Option<VocabSlice>,
     final_norm: Option<Vec<f32>>,
     lm_head: Option<VocabSlice>,
     inv_freq: Vec<f32>,
-    heads: usize,
-    kv_heads: usize,
-    /// Local q head h uses local KV head `(q_start + h) / group - kv_start`.
-    q_start: usize,
-    kv_start: usize,
-    inter: usize,
     threads: usize,
 }
 
@@ -80,19 +73,58 @@ pub fn vocab_range(vocab: usize, tp: usize, r: usize) -> (usize, usize) {
     ((r * chunk).min(vocab), ((r + 1) * chunk).min(vocab))
 }
 
-impl RankModel {
-    /// Reads this rank's slices. `threads`: GEMM threads for this rank.
-    pub fn load(cfg: ModelConfig, w: &Weights<'_>, place: Placement, threads: usize) -> RankModel {
+/// Which slice of every tensor one rank holds; the CPU and CUDA models shard alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// Query and KV heads of this rank. Local q head h uses local KV head
+    /// `(q_start + h) / group - kv_start`.
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub q_start: usize,
+    pub kv_start: usize,
+    /// Local MLP width.
+    pub inter: usize,
+    /// Rows of q_proj, of k/v_proj and of gate/up_proj (the columns of o and down).
+    pub q: (usize, usize),
+    pub kv: (usize, usize),
+    pub mlp: (usize, usize),
+    /// Vocab rows of the embedding and LM head, and the equal slice every rank pads to.
+    pub vocab: (usize, usize),
+    pub chunk: usize,
+    /// Global indices of this stage's layers.
+    pub layers: (usize, usize),
+}
+
+impl Shard {
+    pub fn new(cfg: &ModelConfig, place: Placement) -> Shard {
         let (tp, tr) = (place.tp, place.tp_rank());
         let hd = cfg.head_dim;
         let heads = cfg.num_heads / tp;
         let kv_heads = cfg.kv_heads_per_rank(tp);
         let kv_start = cfg.kv_head_start(tp, tr);
         let inter = cfg.intermediate_size / tp;
-        let (q0, q1) = (tr * heads * hd, (tr + 1) * heads * hd);
-        let (k0, k1) = (kv_start * hd, (kv_start + kv_heads) * hd);
-        let (i0, i1) = (tr * inter, (tr + 1) * inter);
-        let layers = stage_layers(cfg.num_layers, place.pp, place.pp_rank());
+        Shard {
+            heads,
+            kv_heads,
+            q_start: tr * heads,
+            kv_start,
+            inter,
+            q: (tr * heads * hd, (tr + 1) * heads * hd),
+            kv: (kv_start * hd, (kv_start + kv_heads) * hd),
+            mlp: (tr * inter, (tr + 1) * inter),
+            vocab: vocab_range(cfg.vocab_size, tp, tr),
+            chunk: cfg.vocab_size.div_ceil(tp),
+            layers: stage_layers(cfg.num_layers, place.pp, place.pp_rank()),
+        }
+    }
+}
+
+impl RankModel {
+    /// Reads this rank's slices. `threads`: GEMM threads for this rank.
+    pub fn load(cfg: ModelConfig, w: &Weights<'_>, place: Placement, threads: usize) -> RankModel {
+        let shard = Shard::new(&cfg, place);
+        let ((q0, q1), (k0, k1), (i0, i1)) = (shard.q, shard.kv, shard.mlp);
+        let layers = shard.layers;
         let opt = |name: String, a: usize, b: usize| w.has(&name).then(|| w.rows(&name, a, b));
         let weights: Vec<Layer> = (layers.0..layers.1)
             .map(|l| {
@@ -122,7 +154,7 @@ impl RankModel {
                 }
             })
             .collect();
-        let (v0, v1) = vocab_range(cfg.vocab_size, tp, tr);
+        let (v0, v1) = shard.vocab;
         let embed = place.first_stage().then(|| VocabSlice {
             table: Mat::F32(w.rows("model.embed_tokens.weight", v0, v1)),
             v0,
@@ -141,14 +173,9 @@ impl RankModel {
         let final_norm = place.last_stage().then(|| w.all("model.norm.weight"));
         RankModel {
             inv_freq: cpu::inv_freq(&cfg),
-            q_start: tr * heads,
-            kv_start,
-            heads,
-            kv_heads,
-            inter,
+            shard,
             cfg,
             place,
-            layers,
             weights,
             embed,
             final_norm,
@@ -176,7 +203,7 @@ impl RankModel {
 
     /// KV heads this rank caches per layer.
     pub fn kv_heads(&self) -> usize {
-        self.kv_heads
+        self.shard.kv_heads
     }
 
     /// Number of layers in this stage.
@@ -259,7 +286,7 @@ impl RankModel {
             x
         };
         let eps = cfg.rms_norm_eps as f32;
-        let (nq, nkv) = (self.heads * hd, self.kv_heads * hd);
+        let (nq, nkv) = (self.shard.heads * hd, self.shard.kv_heads * hd);
         let group = cfg.num_heads / cfg.num_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.weights.iter().enumerate() {
@@ -268,8 +295,8 @@ impl RankModel {
             let mut q = cpu::linear(&a, t, &l.wq, nq, l.bq.as_deref(), self.threads);
             let mut k = cpu::linear(&a, t, &l.wk, nkv, l.bk.as_deref(), self.threads);
             let v = cpu::linear(&a, t, &l.wv, nkv, l.bv.as_deref(), self.threads);
-            cpu::rope(&mut q, self.heads, hd, &positions, &self.inv_freq);
-            cpu::rope(&mut k, self.kv_heads, hd, &positions, &self.inv_freq);
+            cpu::rope(&mut q, self.shard.heads, hd, &positions, &self.inv_freq);
+            cpu::rope(&mut k, self.shard.kv_heads, hd, &positions, &self.inv_freq);
             for i in 0..t {
                 kv.write(
                     li,
@@ -288,8 +315,8 @@ impl RankModel {
                     .sliding_window
                     .map_or(0, |w| (pos + 1).saturating_sub(w));
                 let mut scores = vec![0f32; pos + 1 - first];
-                for hh in 0..self.heads {
-                    let kvh = (self.q_start + hh) / group - self.kv_start;
+                for hh in 0..self.shard.heads {
+                    let kvh = (self.shard.q_start + hh) / group - self.shard.kv_start;
                     let qv = &q[i * nq + hh * hd..][..hd];
                     for (j, s) in (first..=pos).zip(scores.iter_mut()) {
                         let kk = &kvr.read(li, table, j).0[kvh * hd..][..hd];
@@ -313,11 +340,18 @@ impl RankModel {
                 &a,
                 t,
                 &l.w_gate,
-                self.inter,
+                self.shard.inter,
                 l.b_gate.as_deref(),
                 self.threads,
             );
-            let u = cpu::linear(&a, t, &l.w_up, self.inter, l.b_up.as_deref(), self.threads);
+            let u = cpu::linear(
+                &a,
+                t,
+                &l.w_up,
+                self.shard.inter,
+                l.b_up.as_deref(),
+                self.threads,
+            );
             cpu::silu_mul(&mut g, &u);
             self.row_parallel(
                 comm,

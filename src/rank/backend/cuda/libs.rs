@@ -113,19 +113,27 @@ fn lib_dirs(py: &[PathBuf]) -> Vec<PathBuf> {
 
 /// A CUDA include folder holding `cuda_bf16.h`, for NVRTC.
 pub fn include_dir() -> Result<PathBuf, String> {
-    let mut tried = vec![];
-    let mut cands: Vec<PathBuf> = cuda_homes()
+    let has = |d: &PathBuf| d.join("cuda_bf16.h").is_file();
+    let homes: Vec<PathBuf> = cuda_homes()
         .into_iter()
         .map(|h| h.join("include"))
         .collect();
-    let py = python_paths();
-    cands.extend(py.iter().map(|p| p.join("nvidia/cu13/include")));
-    for c in cands {
-        if c.join("cuda_bf16.h").is_file() {
-            return Ok(c);
-        }
-        tried.push(c.display().to_string());
+    if let Some(d) = homes.iter().find(|d| has(d)) {
+        return Ok(d.clone());
     }
+    // Only now ask Python where pip's wheels are (a process start).
+    let pip: Vec<PathBuf> = python_paths()
+        .iter()
+        .map(|p| p.join("nvidia/cu13/include"))
+        .collect();
+    if let Some(d) = pip.iter().find(|d| has(d)) {
+        return Ok(d.clone());
+    }
+    let tried: Vec<String> = homes
+        .iter()
+        .chain(&pip)
+        .map(|d| d.display().to_string())
+        .collect();
     Err(format!(
         "no CUDA include folder with cuda_bf16.h for NVRTC (looked in {}); set CUDA_HOME or `pip install nvidia-cuda-runtime`",
         tried.join(", ")

@@ -21,8 +21,8 @@ use crate::rank::dist::Placement;
 use crate::rank::engine::executor::StepOut;
 use crate::rank::engine::sampler::DrawReq;
 use crate::rank::model::checkpoint::Weights;
-use crate::rank::model::config::{ModelConfig, stage_layers};
-use crate::rank::model::llama::{SeqChunk, vocab_range};
+use crate::rank::model::config::ModelConfig;
+use crate::rank::model::llama::{SeqChunk, Shard};
 use crate::store::Client;
 
 struct Layer {
@@ -53,19 +53,10 @@ pub struct CudaModel {
     pub cfg: ModelConfig,
     pub place: Placement,
     pub dt: DType,
-    pub layers: (usize, usize),
+    pub shard: Shard,
     pub weight_bytes: usize,
     pub block_size: usize,
     pub kv_blocks: usize,
-    heads: usize,
-    kv_heads: usize,
-    q_start: usize,
-    kv_start: usize,
-    inter: usize,
-    /// Vocab rows per TP rank (the LM head is padded to this).
-    chunk: usize,
-    v0: usize,
-    v1: usize,
     weights: Vec<Layer>,
     embed: Option<DevBuf>,
     final_norm: Option<DevBuf>,
@@ -111,13 +102,7 @@ impl CudaModel {
         attempt: u32,
     ) -> Result<CudaModel> {
         let (tp, tr) = (place.tp, place.tp_rank());
-        let hd = cfg.head_dim;
-        let heads = cfg.num_heads / tp;
-        let kv_heads = cfg.kv_heads_per_rank(tp);
-        let kv_start = cfg.kv_head_start(tp, tr);
-        let inter = cfg.intermediate_size / tp;
-        let (v0, v1) = vocab_range(cfg.vocab_size, tp, tr);
-        let chunk = cfg.vocab_size.div_ceil(tp);
+        let shard = Shard::new(&cfg, place);
         // Communicators first: a peer that fails to load must not leave others
         // waiting in ncclCommInitRank after they spent minutes loading.
         let mut comms = Comms {
@@ -141,18 +126,10 @@ impl CudaModel {
             }
         }
         let mut m = CudaModel {
-            layers: stage_layers(cfg.num_layers, place.pp, place.pp_rank()),
+            shard,
             weight_bytes: 0,
             block_size,
             kv_blocks: 0,
-            heads,
-            kv_heads,
-            q_start: tr * heads,
-            kv_start,
-            inter,
-            chunk,
-            v0,
-            v1,
             weights: vec![],
             embed: None,
             final_norm: None,
@@ -171,62 +148,31 @@ impl CudaModel {
         m.inv_freq = m.gpu.alloc(inv.len() * 4)?;
         m.gpu.upload(m.inv_freq.ptr, &inv)?;
         let h = m.cfg.hidden_size;
-        let (nq, nkv) = (heads * hd, kv_heads * hd);
-        let (q0, q1) = (tr * nq, (tr + 1) * nq);
-        let (k0, k1) = (kv_start * hd, (kv_start + kv_heads) * hd);
-        let (i0, i1) = (tr * inter, (tr + 1) * inter);
-        for l in m.layers.0..m.layers.1 {
+        let sh = m.shard;
+        let ((q0, q1), (i0, i1)) = (sh.q, sh.mlp);
+        let (nq, inter) = (q1 - q0, i1 - i0);
+        for l in sh.layers.0..sh.layers.1 {
             let n = |s: &str| format!("model.layers.{l}.{s}");
             let in_norm = m.rows_to_new(w, &n("input_layernorm.weight"), 0, h, h)?;
             let post_norm = m.rows_to_new(w, &n("post_attention_layernorm.weight"), 0, h, h)?;
-            let qkv = m.alloc_t((nq + 2 * nkv) * h)?;
-            m.rows_into(w, &n("self_attn.q_proj.weight"), q0, q1, qkv.ptr)?;
-            m.rows_into(
-                w,
-                &n("self_attn.k_proj.weight"),
-                k0,
-                k1,
-                qkv.at(nq * h, dt.size()),
-            )?;
-            m.rows_into(
-                w,
-                &n("self_attn.v_proj.weight"),
-                k0,
-                k1,
-                qkv.at((nq + nkv) * h, dt.size()),
-            )?;
-            let qkv_bias = if w.has(&n("self_attn.q_proj.bias")) {
-                let b = m.alloc_t(nq + 2 * nkv)?;
-                m.rows_into(w, &n("self_attn.q_proj.bias"), q0, q1, b.ptr)?;
-                for (name, at) in [("k", nq), ("v", nq + nkv)] {
-                    let bn = n(&format!("self_attn.{name}_proj.bias"));
-                    if w.has(&bn) {
-                        m.rows_into(w, &bn, k0, k1, b.at(at, dt.size()))?;
-                    }
-                }
-                Some(b)
-            } else {
-                None
+            let qkv_parts = |kind: &str| {
+                [("q", sh.q), ("k", sh.kv), ("v", sh.kv)]
+                    .map(|(p, rows)| (n(&format!("self_attn.{p}_proj.{kind}")), rows))
             };
+            let qkv = m.fused(w, &qkv_parts("weight"), h)?;
+            let qkv_bias = w
+                .has(&n("self_attn.q_proj.bias"))
+                .then(|| m.fused(w, &qkv_parts("bias"), 1))
+                .transpose()?;
             let o = m.cols_to_new(w, &n("self_attn.o_proj.weight"), q0, q1, h * nq)?;
             let o_bias = m.opt_all(w, &n("self_attn.o_proj.bias"), h)?;
-            let gu = m.alloc_t(2 * inter * h)?;
-            m.rows_into(w, &n("mlp.gate_proj.weight"), i0, i1, gu.ptr)?;
-            m.rows_into(
-                w,
-                &n("mlp.up_proj.weight"),
-                i0,
-                i1,
-                gu.at(inter * h, dt.size()),
-            )?;
-            let gu_bias = if w.has(&n("mlp.gate_proj.bias")) {
-                let b = m.alloc_t(2 * inter)?;
-                m.rows_into(w, &n("mlp.gate_proj.bias"), i0, i1, b.ptr)?;
-                m.rows_into(w, &n("mlp.up_proj.bias"), i0, i1, b.at(inter, dt.size()))?;
-                Some(b)
-            } else {
-                None
-            };
+            let gu_parts =
+                |kind: &str| ["gate", "up"].map(|p| (n(&format!("mlp.{p}_proj.{kind}")), sh.mlp));
+            let gu = m.fused(w, &gu_parts("weight"), h)?;
+            let gu_bias = w
+                .has(&n("mlp.gate_proj.bias"))
+                .then(|| m.fused(w, &gu_parts("bias"), 1))
+                .transpose()?;
             let down = m.cols_to_new(w, &n("mlp.down_proj.weight"), i0, i1, h * inter)?;
             let down_bias = m.opt_all(w, &n("mlp.down_proj.bias"), h)?;
             m.weights.push(Layer {
@@ -242,6 +188,7 @@ impl CudaModel {
                 down_bias,
             });
         }
+        let ((v0, v1), chunk) = (sh.vocab, sh.chunk);
         if place.first_stage() {
             m.embed = Some(m.rows_to_new(w, "model.embed_tokens.weight", v0, v1, (v1 - v0) * h)?);
         }
@@ -312,6 +259,26 @@ impl CudaModel {
         Ok(buf)
     }
 
+    /// Row slices of several tensors stacked in one buffer (`row` elements per row), as
+    /// the fused q|k|v and gate|up products read them; a missing part stays zero.
+    fn fused(
+        &mut self,
+        w: &Weights<'_>,
+        parts: &[(String, (usize, usize))],
+        row: usize,
+    ) -> Result<DevBuf> {
+        let total: usize = parts.iter().map(|(_, (a, b))| b - a).sum();
+        let buf = self.alloc_t(total * row)?;
+        let mut at = 0;
+        for (name, (a, b)) in parts {
+            if w.has(name) {
+                self.rows_into(w, name, *a, *b, buf.at(at * row, self.dt.size()))?;
+            }
+            at += b - a;
+        }
+        Ok(buf)
+    }
+
     fn cols_to_new(
         &mut self,
         w: &Weights<'_>,
@@ -336,14 +303,14 @@ impl CudaModel {
 
     /// KV heads this rank caches per layer.
     pub fn kv_heads(&self) -> usize {
-        self.kv_heads
+        self.shard.kv_heads
     }
 
     /// Bytes of one KV block across this rank's layers.
     pub fn kv_block_bytes(&self) -> usize {
-        2 * (self.layers.1 - self.layers.0)
+        2 * (self.shard.layers.1 - self.shard.layers.0)
             * self.block_size
-            * self.kv_heads
+            * self.shard.kv_heads
             * self.cfg.head_dim
             * self.dt.size()
     }
@@ -351,14 +318,15 @@ impl CudaModel {
     /// Allocates the paged cache: `blocks` blocks of every layer's K and V.
     pub fn alloc_kv(&mut self, blocks: usize) -> Result<usize> {
         self.kv.clear();
-        let per = blocks * self.block_size * self.kv_heads * self.cfg.head_dim * self.dt.size();
-        for _ in self.layers.0..self.layers.1 {
+        let per =
+            blocks * self.block_size * self.shard.kv_heads * self.cfg.head_dim * self.dt.size();
+        for _ in self.shard.layers.0..self.shard.layers.1 {
             let k = self.gpu.alloc(per)?;
             let v = self.gpu.alloc(per)?;
             self.kv.push((k, v));
         }
         self.kv_blocks = blocks;
-        Ok(2 * per * (self.layers.1 - self.layers.0))
+        Ok(2 * per * (self.shard.layers.1 - self.shard.layers.0))
     }
 
     /// Bytes of the step workspace in use.
@@ -377,7 +345,7 @@ impl CudaModel {
         blocks: usize,
     ) -> Result<()> {
         let (es, h, hd) = (self.dt.size(), self.cfg.hidden_size, self.cfg.head_dim);
-        let (nq, nkv) = (self.heads * hd, self.kv_heads * hd);
+        let (nq, nkv) = (self.shard.heads * hd, self.shard.kv_heads * hd);
         let (t, r, tp) = (tokens, rows, self.place.tp);
         let vocab = self.cfg.vocab_size;
         let sizes: [(&'static str, usize); 21] = [
@@ -391,13 +359,13 @@ impl CudaModel {
             ("a", t * h * es),
             ("qkv", t * (nq + 2 * nkv) * es),
             ("attn", t * nq * es),
-            ("gu", t * 2 * self.inter * es),
-            ("act", t * self.inter * es),
+            ("gu", t * 2 * self.shard.inter * es),
+            ("act", t * self.shard.inter * es),
             ("rows", r * 4),
             ("sel", r * h * es),
             ("seln", r * h * es),
-            ("lg", r * self.chunk * es),
-            ("lgall", tp * r * self.chunk * es),
+            ("lg", r * self.shard.chunk * es),
+            ("lgall", tp * r * self.shard.chunk * es),
             ("draws", draws * 48),
             ("pens", pens * 12),
             ("work", draws * vocab * 4),
@@ -507,7 +475,7 @@ impl CudaModel {
     ) -> Result<Option<StepOut>> {
         let cfg = &self.cfg;
         let (h, hd, bs) = (cfg.hidden_size, cfg.head_dim, self.block_size);
-        let (nq, nkv) = (self.heads * hd, self.kv_heads * hd);
+        let (nq, nkv) = (self.shard.heads * hd, self.shard.kv_heads * hd);
         let qkvw = nq + 2 * nkv;
         let mut tokens = vec![];
         let mut pos = vec![];
@@ -587,8 +555,8 @@ impl CudaModel {
                     .ptr(e.ptr)
                     .ptr(x)
                     .i32(h as i32)
-                    .i32(self.v0 as i32)
-                    .i32(self.v1 as i32),
+                    .i32(self.shard.vocab.0 as i32)
+                    .i32(self.shard.vocab.1 as i32),
             )?;
             self.tp_all_reduce(x, t * h)?;
         } else {
@@ -608,7 +576,7 @@ impl CudaModel {
             self.rms_norm(x, if pending { y } else { 0 }, &l.in_norm, a, t)?;
             self.gpu.gemm(self.dt, t, qkvw, h, a, l.qkv.ptr, qkv)?;
             self.add_bias(qkv, l.qkv_bias.as_ref(), t, qkvw)?;
-            for (nh, off) in [(self.heads, 0), (self.kv_heads, nq)] {
+            for (nh, off) in [(self.shard.heads, 0), (self.shard.kv_heads, nq)] {
                 self.launch_rows(
                     "rope",
                     t,
@@ -639,7 +607,7 @@ impl CudaModel {
             )?;
             self.gpu.launch(
                 &format!("attention_{}", self.dt.suffix()),
-                (t as u32, self.heads as u32, 1),
+                (t as u32, self.shard.heads as u32, 1),
                 256,
                 Args::new()
                     .ptr(qkv)
@@ -649,33 +617,33 @@ impl CudaModel {
                     .ptr(p(self, "pos"))
                     .ptr(p(self, "tab"))
                     .ptr(p(self, "blocks"))
-                    .i32(self.heads as i32)
-                    .i32(self.kv_heads as i32)
+                    .i32(self.shard.heads as i32)
+                    .i32(self.shard.kv_heads as i32)
                     .i32(hd as i32)
                     .i32(qkvw as i32)
-                    .i32(self.q_start as i32)
+                    .i32(self.shard.q_start as i32)
                     .i32(group as i32)
-                    .i32(self.kv_start as i32)
+                    .i32(self.shard.kv_start as i32)
                     .i32(bs as i32)
                     .f32(scale)
                     .i32(window),
             )?;
             self.row_parallel(t, nq, attn, &l.o, l.o_bias.as_ref(), y)?;
             self.rms_norm(x, y, &l.post_norm, a, t)?;
-            let i2 = 2 * self.inter;
+            let i2 = 2 * self.shard.inter;
             self.gpu.gemm(self.dt, t, i2, h, a, l.gu.ptr, gu)?;
             self.add_bias(gu, l.gu_bias.as_ref(), t, i2)?;
-            let n = t * self.inter;
+            let n = t * self.shard.inter;
             self.elementwise(
                 "silu_mul",
                 n,
                 Args::new()
                     .ptr(gu)
                     .ptr(act)
-                    .i32(self.inter as i32)
+                    .i32(self.shard.inter as i32)
                     .i64(n as i64),
             )?;
-            self.row_parallel(t, self.inter, act, &l.down, l.down_bias.as_ref(), y)?;
+            self.row_parallel(t, self.shard.inter, act, &l.down, l.down_bias.as_ref(), y)?;
             pending = true;
         }
         if pending {
@@ -715,10 +683,11 @@ impl CudaModel {
             r,
         )?;
         let head = self.lm_head.as_ref().expect("last stage").ptr;
-        self.gpu.gemm(self.dt, r, self.chunk, h, seln, head, lg)?;
+        self.gpu
+            .gemm(self.dt, r, self.shard.chunk, h, seln, head, lg)?;
         let logits = match &self.comms.tp {
             Some(c) => {
-                c.all_gather(lg, lgall, r * self.chunk, self.dt)?;
+                c.all_gather(lg, lgall, r * self.shard.chunk, self.dt)?;
                 lgall
             }
             None => lg,
@@ -734,7 +703,14 @@ impl CudaModel {
             out: p(self, "out"),
         };
         let sampled = sample::sample(
-            &self.gpu, self.dt, logits, r, self.chunk, vocab, draws, &scratch,
+            &self.gpu,
+            self.dt,
+            logits,
+            r,
+            self.shard.chunk,
+            vocab,
+            draws,
+            &scratch,
         )?;
         let host = if want_logits {
             Some(self.logits_to_host(logits, r)?)
@@ -749,7 +725,7 @@ impl CudaModel {
 
     /// The gathered logits `[tp][rows][chunk]` as `[rows, vocab]` f32 on the host.
     fn logits_to_host(&self, logits: u64, r: usize) -> Result<Vec<f32>> {
-        let (tp, chunk, vocab) = (self.place.tp, self.chunk, self.cfg.vocab_size);
+        let (tp, chunk, vocab) = (self.place.tp, self.shard.chunk, self.cfg.vocab_size);
         let n = tp * r * chunk;
         let raw: Vec<f32> = match self.dt {
             DType::F32 => {

@@ -138,24 +138,25 @@ pub fn sample(
             .ptr(top_id)
             .ptr(top_lp),
     )?;
-    let mut toks = vec![0i32; n];
-    let mut lps = vec![0f32; n];
-    let mut tids = vec![0i32; n * MAX_TOP];
-    let mut tlps = vec![0f32; n * MAX_TOP];
-    gpu.download(&mut toks, tok)?;
-    gpu.download(&mut lps, lp)?;
-    gpu.download(&mut tids, top_id)?;
-    gpu.download(&mut tlps, top_lp)?;
+    // One copy of the whole output region: tok [n], lp [n], top ids [n·MAX_TOP], top lps.
+    let mut words = vec![0u32; n * (2 + 2 * MAX_TOP)];
+    gpu.download(&mut words, tok)?;
+    let (toks, rest) = words.split_at(n);
+    let (lps, rest) = rest.split_at(n);
+    let (tids, tlps) = rest.split_at(n * MAX_TOP);
     Ok(reqs
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let k = r.logprobs.map_or(0, |k| (k as usize).min(MAX_TOP));
             Sampled {
-                token: toks[i] as u32,
-                logprob: r.logprobs.map(|_| lps[i]),
+                token: toks[i],
+                logprob: r.logprobs.map(|_| f32::from_bits(lps[i])),
                 top: (0..k)
-                    .map(|j| (tids[i * MAX_TOP + j] as u32, tlps[i * MAX_TOP + j]))
+                    .map(|j| {
+                        let at = i * MAX_TOP + j;
+                        (tids[at], f32::from_bits(tlps[at]))
+                    })
                     .collect(),
             }
         })
