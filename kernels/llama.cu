@@ -93,6 +93,7 @@ __device__ void kv_write_impl(const T *qkv, T *kc, T *vc, const int *slots, int 
                               int k_off, int v_off) {
     i64 t = blockIdx.x;
     i64 slot = slots[t];
+    if (slot < 0) return;  // a padding token of a CUDA-graph bucket
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         kc[slot * n + i] = qkv[t * stride + k_off + i];
         vc[slot * n + i] = qkv[t * stride + v_off + i];
@@ -105,18 +106,21 @@ __device__ void kv_write_impl(const T *qkv, T *kc, T *vc, const int *slots, int 
     }
 RR_FOR_TYPES(KV_WRITE)
 
-// ---- paged attention: one block per (token, query head); its warps take interleaved
-// keys of the token's sequence up to its own position (causal), read through the block
-// table, each with an online softmax, and warp 0 merges them in a fixed order. Works
-// for prefill chunks (with cached prefixes) and decode tokens in one launch.
-// head_dim <= 256; lane l holds dims l, l+32, ...; at most 8 warps.
+// ---- paged attention: one block per (token, query head); its warps (at most 16) take
+// runs of RR_ATT_U consecutive keys of the token's sequence up to its own position
+// (causal), read through the block table, so each lane has RR_ATT_U keys' loads in
+// flight; each warp keeps an online softmax and warp 0 merges them in a fixed order.
+// Works for prefill chunks (with cached prefixes) and decode tokens in one launch.
+// head_dim <= 256; lane l holds dims l, l+32, ...
+#define RR_ATT_U 4
+#define RR_ATT_WARPS 16
 template <typename T>
 __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, const int *tok_pos,
                                const int *tok_tab, const int *blocks, int heads, int kvh_local,
                                int hd, int stride, int q_start, int group, int kv_start, int bs,
                                float scale, int window) {
-    __shared__ float sm_m[8], sm_l[8];
-    __shared__ float sm_acc[8][256];
+    __shared__ float sm_m[RR_ATT_WARPS], sm_l[RR_ATT_WARPS];
+    __shared__ float sm_acc[RR_ATT_WARPS][256];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     i64 t = blockIdx.x;
     int h = blockIdx.y;
@@ -134,25 +138,44 @@ __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, c
     float m = -RR_INF, l = 0.f;
     int first = window > 0 ? max(0, pos + 1 - window) : 0;
     i64 row = (i64)kvh_local * hd;
-    for (int j = first + warp; j <= pos; j += nw) {
-        i64 slot = (i64)tab[j / bs] * bs + j % bs;
-        const T *k = kc + slot * row + (i64)kvh * hd;
-        const T *v = vc + slot * row + (i64)kvh * hd;
-        float s = 0.f;
+    for (int base = first + warp * RR_ATT_U; base <= pos; base += nw * RR_ATT_U) {
+        const T *kp[RR_ATT_U], *vp[RR_ATT_U];
+        float s[RR_ATT_U];
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            int d = lane + 32 * i;
-            if (d < hd) s += qv[i] * tof(k[d]);
+        for (int u = 0; u < RR_ATT_U; u++) {
+            int j = min(base + u, pos);
+            i64 slot = (i64)tab[j / bs] * bs + j % bs;
+            kp[u] = kc + slot * row + (i64)kvh * hd;
+            vp[u] = vc + slot * row + (i64)kvh * hd;
+            s[u] = 0.f;
         }
-        s = warp_sum(s) * scale;
-        float mn = fmaxf(m, s);
-        float corr = expf(m - mn);
-        float p = expf(s - mn);
-        l = l * corr + p;
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            int d = lane + 32 * i;
-            if (d < hd) acc[i] = acc[i] * corr + p * tof(v[d]);
+        for (int u = 0; u < RR_ATT_U; u++) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int d = lane + 32 * i;
+                if (d < hd) s[u] += qv[i] * tof(kp[u][d]);
+            }
+        }
+        float mn = m;
+#pragma unroll
+        for (int u = 0; u < RR_ATT_U; u++) {
+            s[u] = base + u <= pos ? warp_sum(s[u]) * scale : -RR_INF;
+            mn = fmaxf(mn, s[u]);
+        }
+        float corr = expf(m - mn);
+        l *= corr;
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[i] *= corr;
+#pragma unroll
+        for (int u = 0; u < RR_ATT_U; u++) {
+            float p = expf(s[u] - mn);
+            l += p;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int d = lane + 32 * i;
+                if (d < hd) acc[i] += p * tof(vp[u][d]);
+            }
         }
         m = mn;
     }
@@ -274,16 +297,26 @@ template <typename T> __device__ void gemv_impl(const T *x, const T *w, T *y, in
     float acc[RR_GEMV_MAX_M];
 #pragma unroll
     for (int r = 0; r < RR_GEMV_MAX_M; r++) acc[r] = 0.f;
-    for (int c = lane * 8; c < k; c += 256) {
-        float wf[8];
-        load8(wr + c, wf);
+    // Four 16-byte weight loads in flight per lane before any arithmetic.
+    for (int c0 = lane * 8; c0 < k; c0 += 256 * 4) {
+        float wf[4][8];
 #pragma unroll
-        for (int r = 0; r < RR_GEMV_MAX_M; r++) {
-            if (r < m) {
-                float xf[8];
-                load8(x + (i64)r * k + c, xf);
+        for (int u = 0; u < 4; u++) {
+            int c = c0 + u * 256;
+            if (c < k) load8(wr + c, wf[u]);
+        }
 #pragma unroll
-                for (int i = 0; i < 8; i++) acc[r] += wf[i] * xf[i];
+        for (int u = 0; u < 4; u++) {
+            int c = c0 + u * 256;
+            if (c >= k) break;
+#pragma unroll
+            for (int r = 0; r < RR_GEMV_MAX_M; r++) {
+                if (r < m) {
+                    float xf[8];
+                    load8(x + (i64)r * k + c, xf);
+#pragma unroll
+                    for (int i = 0; i < 8; i++) acc[r] += wf[u][i] * xf[i];
+                }
             }
         }
     }

@@ -33,9 +33,17 @@ def health(port):
         return False
 
 
-def serve(bins, model, tp, port, device, log):
-    cmd = [bins / "rrun", "--standalone", "--nproc-per-node", tp, bins / "rrank", "--model", model, "-tp", tp,
-           "--port", port, "--device", device, "--max-num-seqs", 256, "--served-model-name", "bench"]
+def placement(spec):
+    """`4` is TP 4; `4x2` is TP 4 × PP 2."""
+    tp, _, pp = spec.partition("x")
+    return int(tp), int(pp or 1)
+
+
+def serve(bins, model, spec, port, device, log, extra=()):
+    tp, pp = placement(spec)
+    cmd = [bins / "rrun", "--standalone", "--nproc-per-node", tp * pp, bins / "rrank", "--model", model, "-tp", tp,
+           "-pp", pp, "--port", port, "--device", device, "--max-num-seqs", 256, "--served-model-name", "bench",
+           *extra]
     t0 = time.time()
     p = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=log, start_new_session=True)
     while not health(port):
@@ -92,11 +100,46 @@ print(json.dumps(res))
 """
 
 
+def label(spec):
+    tp, pp = placement(str(spec))
+    return f"TP={tp}" + (f" PP={pp}" if pp > 1 else "")
+
+
+def plot(result, out):
+    """tokens/s and TTFT against concurrency, one line per placement (needs matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for tp, r in result["tp"].items():
+            conc = {int(c): v for c, v in r["concurrency"].items()}
+            cs = sorted(conc)
+            ax1.plot(cs, [conc[c]["output_tok_s"] for c in cs], marker="o", label=f"rrank {label(tp)}")
+            ax2.plot(cs, [conc[c]["ttft_p50_ms"] for c in cs], marker="o", label=f"rrank {label(tp)}")
+        peer = result.get("transformers", {}).get("generate_batch_tok_s")
+        if peer:
+            ax1.axhline(peer, linestyle="--", color="gray", label="transformers generate_batch")
+        for ax, t in ((ax1, "output tokens/s"), (ax2, "TTFT p50 (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrent requests")
+            ax.set_title(t)
+            ax.legend()
+        fig.suptitle(f"{Path(result['model']).name}, {result['input_len']} in / {result['output_len']} out, {(result['gpu'] or [''])[0]}")
+        fig.tight_layout()
+        fig.savefig(out / "bench-gpu.png", dpi=120)
+        say(f"wrote {out / 'bench-gpu.png'}")
+    except ImportError:
+        say("matplotlib is not installed: no PNG (the JSON has every number)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(ROOT / "target" / "release"))
     ap.add_argument("--model", default=None)
-    ap.add_argument("--tp", default="1,2")
+    ap.add_argument("--tp", default="1,2", help="placements: TP sizes, or TPxPP (4x2)")
+    ap.add_argument("--server-args", default="", help="extra rrank flags, space-separated")
+    ap.add_argument("--plot-only", default=None, help="redraw the PNG from a bench-gpu.json")
     ap.add_argument("--concurrency", default="1,16,64,256")
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=256)
@@ -108,6 +151,9 @@ def main():
     a = ap.parse_args()
     bins, out = Path(a.bin).resolve(), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.plot_only:
+        plot(json.loads(Path(a.plot_only).read_text()), out)
+        return
     model = Path(a.model) if a.model else Path("/tmp/rrun-llama3-8b-random")
     if not (model / "config.json").exists():
         subprocess.run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "8b", model], check=True)
@@ -116,9 +162,9 @@ def main():
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip().splitlines() if a.device == "cuda" else ["cpu"]
     result = {"gpu": gpu, "model": str(model), "input_len": a.input_len, "output_len": a.output_len, "tp": {}}
-    for tp in [int(x) for x in a.tp.split(",")]:
+    for tp in a.tp.split(","):
         with open(out / f"server-tp{tp}.log", "w") as log:
-            p, cold = serve(bins, model, tp, a.port, a.device, log)
+            p, cold = serve(bins, model, tp, a.port, a.device, log, a.server_args.split())
             try:
                 r = {"cold_start_s": cold}
                 one = bench(bins, a.port, 4, 1, a.input_len, a.output_len, out / f"tp{tp}-c1-batch1.json")
@@ -142,29 +188,7 @@ def main():
         result["transformers"] = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"error": p.stderr[-500:]}
         say("transformers:", result["transformers"])
     (out / "bench-gpu.json").write_text(json.dumps(result, indent=1))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for tp, r in result["tp"].items():
-            cs = sorted(r["concurrency"])
-            ax1.plot(cs, [r["concurrency"][c]["output_tok_s"] for c in cs], marker="o", label=f"rrank TP={tp}")
-            ax2.plot(cs, [r["concurrency"][c]["ttft_p50_ms"] for c in cs], marker="o", label=f"rrank TP={tp}")
-        peer = result.get("transformers", {}).get("generate_batch_tok_s")
-        if peer:
-            ax1.axhline(peer, linestyle="--", color="gray", label="transformers generate_batch")
-        for ax, t in ((ax1, "output tokens/s"), (ax2, "TTFT p50 (ms)")):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("concurrent requests")
-            ax.set_title(t)
-            ax.legend()
-        fig.suptitle(f"{model.name}, {a.input_len} in / {a.output_len} out, {gpu[0] if gpu else ''}")
-        fig.tight_layout()
-        fig.savefig(out / "bench-gpu.png", dpi=120)
-        say(f"wrote {out / 'bench-gpu.png'}")
-    except ImportError:
-        say("matplotlib is not installed: no PNG (the JSON has every number)")
+    plot(result, out)
     say(f"wrote {out / 'bench-gpu.json'}")
 
 

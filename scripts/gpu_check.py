@@ -10,7 +10,10 @@ Checks:
   8b        a random Llama-3-8B-shaped bf16 checkpoint made here: teacher-forced top-1 agreement with
             transformers bf16 (same GPU) over 1,024 positions at TP 1, TP 2 and PP 2 (with transformers'
             own eager-vs-sdpa spread for scale), and float32 against transformers float32
+  real      real trained weights (SmolLM2-135M-Instruct, --real DIR) in bf16: teacher-forced top-1 agreement
+            with transformers bf16 over >= 1,024 positions of English text (this README), TP 1 and PP 2
   decode    the decode GEMV kernel against cuBLAS and float32 on the first decode step; decode speed
+            with and without CUDA graphs, GEMV and cuBLAS
   refusals  3 ranks on 2 GPUs, two ranks on one GPU, a --max-model-len that does not fit
   twonode   two rrun agents (--nnodes 2, one GPU each) serving TP 2 answer as one agent does
 """
@@ -121,7 +124,8 @@ def agreement(a, b):
     return sum(x == y for x, y in zip(a, b)) / max(len(b), 1)
 
 
-def big(bins, tmp, n_gpus, model):
+def big_prepare(tmp, model):
+    """The random 8B checkpoint and transformers' references on it (no rrank needed)."""
     if not (model / "config.json").exists():
         p, dt = run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "8b", model], timeout=900)
         say(p.stdout[-500:], f"(made in {dt:.0f} s)")
@@ -130,8 +134,15 @@ def big(bins, tmp, n_gpus, model):
         p, dt = run([sys.executable, "-c", HF_REF, model, ref, 1024], timeout=900)
         if p.returncode != 0:
             check("8b transformers reference", False, p.stderr[-2000:])
-            return
+            return None
         say(f"transformers references (bf16 sdpa, bf16 eager, f32): {dt:.0f} s")
+    return ref
+
+
+def big(bins, tmp, n_gpus, model):
+    ref = big_prepare(tmp, model)
+    if ref is None:
+        return
     r = json.loads(ref.read_text())
     hf = r["argmax_sdpa"]
     decisive = [i for i, u in enumerate(r["margin_ulps"]) if u > 2]
@@ -139,6 +150,9 @@ def big(bins, tmp, n_gpus, model):
     floor_dec = sum(r["argmax_eager"][i] == hf[i] for i in decisive) / max(len(decisive), 1)
     say(f"transformers against itself (eager vs sdpa attention, bf16): {floor * 100:.2f}% top-1 agreement, "
         f"{floor_dec * 100:.2f}% on the {len(decisive)} of {len(hf)} positions whose top-2 margin exceeds 2 bf16 ulps")
+    f32 = r["argmax_f32"]
+    say(f"transformers bf16 against transformers float32 (same weights): sdpa {agreement(hf, f32) * 100:.2f}%, "
+        f"eager {agreement(r['argmax_eager'], f32) * 100:.2f}% top-1 agreement")
     ids = ",".join(map(str, r["prompt_ids"]))
     placements = [(1, 1, "bfloat16")] + ([(2, 1, "bfloat16"), (1, 2, "bfloat16")] if n_gpus >= 2 else []) + [(1, 1, "float32")]
     for tp, pp, dt_ in placements:
@@ -159,12 +173,63 @@ def big(bins, tmp, n_gpus, model):
                   f"top-1 agreement with transformers float32 {agree * 100:.2f}% over {len(got)} positions, "
                   f"last position max |logit diff| {diff:.2e}; run {dt:.0f} s; {lines}")
             continue
+        say(f"{name}: top-1 agreement with transformers float32 {agreement(got, f32) * 100:.2f}% "
+            f"(transformers bf16 sdpa: {agreement(hf, f32) * 100:.2f}%)")
         agree = agreement(got, hf)
         agree_dec = sum(got[i] == hf[i] for i in decisive) / max(len(decisive), 1)
         check(name, agree_dec >= 0.99,
               f"top-1 agreement with transformers bf16: {agree * 100:.2f}% of all {len(got)} positions "
               f"(transformers eager vs sdpa: {floor * 100:.2f}%), {agree_dec * 100:.2f}% of the {len(decisive)} "
               f"positions whose top-2 margin exceeds 2 bf16 ulps; run {dt:.0f} s; {lines}")
+
+
+REAL_REF = r"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path, text, out, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+tok = AutoTokenizer.from_pretrained(path)
+ids = tok(open(text).read(), add_special_tokens=False)["input_ids"][:n]
+res = {"prompt_ids": ids}
+for attn in ("sdpa", "eager"):
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map="cuda:0",
+                                             attn_implementation=attn).eval()
+    with torch.no_grad():
+        res["argmax_" + attn] = m(torch.tensor([ids]).cuda()).logits[0].float().argmax(-1).tolist()
+m = m.float()
+with torch.no_grad():
+    res["argmax_f32"] = m(torch.tensor([ids]).cuda()).logits[0].argmax(-1).tolist()
+json.dump(res, open(out, "w"))
+"""
+
+
+def real(bins, tmp, n_gpus, model):
+    """Real trained weights in bf16, teacher-forced over English text, against transformers bf16."""
+    if not (model / "config.json").exists():
+        check("real weights", False, f"no model at {model} (scripts/get-smollm2.sh makes it)")
+        return
+    ref = tmp / "real-ref.json"
+    p, _ = run([sys.executable, "-c", REAL_REF, model, ROOT / "README.md", ref, 1100], timeout=600)
+    if p.returncode != 0:
+        check("real weights transformers reference", False, p.stderr[-2000:])
+        return
+    r = json.loads(ref.read_text())
+    hf, f32 = r["argmax_sdpa"], r["argmax_f32"]
+    say(f"real weights ({model.name}, {len(hf)} positions): transformers bf16 eager vs sdpa "
+        f"{agreement(r['argmax_eager'], hf) * 100:.2f}%, sdpa vs float32 {agreement(hf, f32) * 100:.2f}%")
+    ids = ",".join(map(str, r["prompt_ids"]))
+    for tp, pp in [(1, 1)] + ([(1, 2)] if n_gpus >= 2 else []):
+        dump = tmp / f"real-{tp}-{pp}.json"
+        p, _ = generate(bins, model, tp * pp, ["-tp", tp, "-pp", pp, "--dtype", "bfloat16", "--prompt-ids", ids,
+                                               "--max-tokens", 2, "--ignore-eos"], dump)
+        name = f"real weights bf16 tp{tp} pp{pp}"
+        if p.returncode != 0:
+            check(name, False, f"exit {p.returncode}")
+            continue
+        got = json.loads(dump.read_text())["prompt_argmax"]
+        agree = agreement(got, hf)
+        check(name, agree >= 0.99 and len(got) >= 1000,
+              f"top-1 agreement with transformers bf16 {agree * 100:.2f}% over {len(got)} positions "
+              f"(with transformers float32: {agreement(got, f32) * 100:.2f}%)")
 
 
 def decode(bins, tmp, n_gpus, model):
@@ -188,12 +253,13 @@ def decode(bins, tmp, n_gpus, model):
           f"max |logit diff| to float32: GEMV {e_g:.3f}, cuBLAS {e_c:.3f}; argmax GEMV {am('gemv')}, cuBLAS {am('cublas')}, "
           f"float32 {am('f32')}")
     for tp in ([1, 2] if n_gpus >= 2 else [1]):
-        for env in ("0", "1"):
+        for env, eager in (("0", False), ("1", False), ("0", True), ("1", True)):
             p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", tp, bins / "rrank", "generate", "--model", model,
-                        "-tp", tp, "--prompt-ids", "1,2,3,4,5,6,7,8", "--max-tokens", 256, "--ignore-eos"],
+                        "-tp", tp, "--prompt-ids", "1,2,3,4,5,6,7,8", "--max-tokens", 256, "--ignore-eos",
+                        *(["--enforce-eager"] if eager else [])],
                        env=dict(os.environ, RRANK_GEMV=env))
-            line = [l for l in p.stderr.splitlines() if "generated tokens" in l]
-            say(f"decode speed tp{tp} {'GEMV' if env == '1' else 'cuBLAS'}: {line[:1]}")
+            line = [l for l in p.stderr.splitlines() if "generated tokens" in l or "warning" in l]
+            say(f"decode speed tp{tp} {'GEMV' if env == '1' else 'cuBLAS'} {'eager' if eager else 'CUDA graphs'}: {line[:2]}")
 
 
 def refusals(bins, tmp, model8b):
@@ -270,11 +336,16 @@ def main():
     ap.add_argument("--bin", default=str(ROOT / "target" / "release"))
     ap.add_argument("--tmp", default="/tmp/rrun-gpu-check")
     ap.add_argument("--model8b", default="/tmp/rrun-llama3-8b-random")
-    ap.add_argument("--only", default="tiny,sampler,8b,decode,refusals,twonode")
+    ap.add_argument("--real", default="/tmp/smol/SmolLM2-135M-Instruct")
+    ap.add_argument("--only", default="tiny,sampler,8b,real,decode,refusals,twonode")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--prepare", action="store_true",
+                    help="only make the random 8B checkpoint and transformers' references (no binaries needed)")
     a = ap.parse_args()
     bins, tmp = Path(a.bin).resolve(), Path(a.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
+    if a.prepare:
+        sys.exit(0 if big_prepare(tmp, Path(a.model8b)) else 1)
     names = gpus()
     say("GPUs:", names)
     say(run([bins / "rrun", "--version"])[0].stdout.strip())
@@ -286,6 +357,8 @@ def main():
         sampler(bins, tmp)
     if "8b" in only:
         big(bins, tmp, len(names), Path(a.model8b))
+    if "real" in only:
+        real(bins, tmp, len(names), Path(a.real))
     if "decode" in only:
         decode(bins, tmp, len(names), Path(a.model8b))
     if "refusals" in only and len(names) == 2:

@@ -98,6 +98,10 @@ pub struct EngineArgs {
     /// Worker threads per rank for matrix products (default: CPUs / local ranks).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// On GPU, launch every kernel of every step one by one instead of replaying a
+    /// CUDA graph per decode batch size (slower; for debugging and comparisons).
+    #[arg(long = "enforce-eager", global = true)]
+    pub enforce_eager: bool,
 }
 
 /// `rrank kernels`.

@@ -396,6 +396,8 @@ pub fn load_backend(engine: &EngineArgs, s: &mut Startup) -> Result<Backend, Ran
                 s.env.attempt,
             )
             .map_err(gpu_err)?;
+            let mut m = m;
+            m.graphs.enabled = !engine.enforce_eager;
             if s.env.rank == 0 && s.env.world_size > 1 {
                 let v = super::backend::cuda::nccl::Nccl::version().unwrap_or(0);
                 eprintln!(

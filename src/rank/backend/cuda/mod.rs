@@ -141,6 +141,9 @@ impl Args {
     }
 }
 
+/// Bytes of cuBLAS's workspace (NVIDIA recommends 32 MiB on Hopper).
+const BLAS_WORKSPACE: usize = 32 << 20;
+
 /// One rank's GPU: context, stream, cuBLAS handle and loaded kernels.
 pub struct Gpu {
     pub ordinal: usize,
@@ -151,6 +154,8 @@ pub struct Gpu {
     gemv: bool,
     blas: blas_sys::cublasHandle_t,
     funcs: HashMap<String, drv_sys::CUfunction>,
+    /// cuBLAS's workspace (set once, so GEMMs can be captured in CUDA graphs).
+    blas_workspace: DevBuf,
     pub stream: Arc<CudaStream>,
     pub ctx: Arc<CudaContext>,
 }
@@ -222,16 +227,32 @@ impl Gpu {
         // SAFETY: a fresh handle and this context's stream.
         unsafe { blas::set_stream(blas, stream.cu_stream() as blas_sys::cudaStream_t) }
             .map_err(|e| GpuError::Run(format!("cublasSetStream: {e:?}")))?;
-        Ok(Gpu {
+        let mut gpu = Gpu {
             ordinal: local_rank,
             name,
             total_mem,
             gemv: std::env::var("RRANK_GEMV").as_deref() == Ok("1"),
             blas,
             funcs,
+            blas_workspace: DevBuf { ptr: 0, bytes: 0 },
             stream,
             ctx,
-        })
+        };
+        // cuBLAS gets its workspace up front: it may not allocate while a CUDA graph
+        // is being captured.
+        gpu.blas_workspace = gpu.alloc(BLAS_WORKSPACE)?;
+        // SAFETY: the workspace lives as long as the handle (field of the same Gpu).
+        let st = unsafe {
+            blas_sys::cublasSetWorkspace_v2(
+                blas,
+                gpu.blas_workspace.ptr as *mut c_void,
+                BLAS_WORKSPACE,
+            )
+        };
+        if st != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(GpuError::Run(format!("cublasSetWorkspace: {st:?}")));
+        }
+        Ok(gpu)
     }
 
     /// (free, total) device memory in bytes.

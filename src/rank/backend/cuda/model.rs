@@ -11,7 +11,9 @@
 //! rank's one stream; host metadata (ids, positions, block tables, slots) is copied
 //! up once per step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use cudarc::driver::{CudaGraph, sys};
 
 use super::nccl::Nccl;
 use super::sample::{self, MAX_TOP, Scratch};
@@ -42,6 +44,106 @@ struct Layer {
     down_bias: Option<DevBuf>,
 }
 
+/// Token counts a decode step is padded to so that it can replay a CUDA graph.
+pub const GRAPH_BUCKETS: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+
+/// Threads of an attention block (16 warps; kernels/llama.cu's RR_ATT_WARPS).
+const ATTENTION_THREADS: u32 = 512;
+
+/// The CUDA graphs of decode steps, one per padded size.
+pub struct Graphs {
+    /// Off with `--enforce-eager` (the same on every rank: it decides the padding,
+    /// which the ranks' collectives must agree on).
+    pub enabled: bool,
+    /// A capture failed on this rank: it replays nothing but still pads.
+    failed: bool,
+    /// Sizes run once eagerly (the next one is captured).
+    seen: HashSet<usize>,
+    exec: HashMap<usize, CudaGraph>,
+    /// The workspace epoch the graphs were captured in.
+    epoch: u64,
+}
+
+impl Default for Graphs {
+    fn default() -> Self {
+        Graphs {
+            enabled: true,
+            failed: false,
+            seen: HashSet::new(),
+            exec: HashMap::new(),
+            epoch: 0,
+        }
+    }
+}
+
+/// A step's metadata, uploaded in one copy: token ids, positions, each token's
+/// offset into the concatenated block tables, its cache slot, the logits rows and
+/// the block tables.
+#[derive(Default)]
+struct Meta {
+    tok: Vec<i32>,
+    pos: Vec<i32>,
+    tab: Vec<i32>,
+    slot: Vec<i32>,
+    rows: Vec<i32>,
+    blocks: Vec<i32>,
+}
+
+/// Device addresses of [`Meta`]'s parts.
+struct MetaPtrs {
+    tok: u64,
+    pos: u64,
+    tab: u64,
+    slot: u64,
+    rows: u64,
+    blocks: u64,
+}
+
+impl Meta {
+    /// Pads to `n` tokens and rows: token 0 at position 0 reading the first table
+    /// entry, writing no K/V (slot −1); its logits row is computed and never drawn.
+    fn pad(&mut self, n: usize) {
+        while self.tok.len() < n {
+            self.rows.push(self.tok.len() as i32);
+            self.tok.push(0);
+            self.pos.push(0);
+            self.tab.push(0);
+            self.slot.push(-1);
+        }
+    }
+
+    fn bytes(t: usize, r: usize, blocks: usize) -> usize {
+        (4 * t + r + blocks) * 4
+    }
+
+    fn pack(&self) -> Vec<i32> {
+        [
+            &self.tok,
+            &self.pos,
+            &self.tab,
+            &self.slot,
+            &self.rows,
+            &self.blocks,
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect()
+    }
+
+    fn ptrs(&self, base: u64) -> MetaPtrs {
+        let (t, r) = (self.tok.len() as u64, self.rows.len() as u64);
+        MetaPtrs {
+            tok: base,
+            pos: base + 4 * t,
+            tab: base + 8 * t,
+            slot: base + 12 * t,
+            rows: base + 16 * t,
+            blocks: base + 16 * t + 4 * r,
+        }
+    }
+}
+
 /// Communicators: `tp` for the stage's reductions, `world` for stage hand-offs.
 struct Comms {
     tp: Option<Nccl>,
@@ -64,14 +166,20 @@ pub struct CudaModel {
     inv_freq: DevBuf,
     kv: Vec<(DevBuf, DevBuf)>,
     ws: HashMap<&'static str, DevBuf>,
+    /// Bumped whenever a workspace buffer is reallocated.
+    ws_epoch: u64,
+    pub graphs: Graphs,
     staging: Option<DevBuf>,
     comms: Comms,
     pub gpu: Gpu,
 }
 
+/// The workspace buffer `name`, reallocated (and `epoch` bumped, which retires
+/// the captured CUDA graphs) when it is smaller than `bytes`.
 fn grow(
     gpu: &Gpu,
     ws: &mut HashMap<&'static str, DevBuf>,
+    epoch: &mut u64,
     name: &'static str,
     bytes: usize,
 ) -> Result<u64> {
@@ -81,6 +189,7 @@ fn grow(
     {
         return Ok(b.ptr);
     }
+    *epoch += 1;
     ws.remove(name);
     let b = gpu.alloc(bytes)?;
     let p = b.ptr;
@@ -137,6 +246,8 @@ impl CudaModel {
             inv_freq: DevBuf { ptr: 0, bytes: 0 },
             kv: vec![],
             ws: HashMap::new(),
+            ws_epoch: 0,
+            graphs: Graphs::default(),
             staging: None,
             comms,
             dt,
@@ -348,12 +459,8 @@ impl CudaModel {
         let (nq, nkv) = (self.shard.heads * hd, self.shard.kv_heads * hd);
         let (t, r, tp) = (tokens, rows, self.place.tp);
         let vocab = self.cfg.vocab_size;
-        let sizes: [(&'static str, usize); 21] = [
-            ("tok", t * 4),
-            ("pos", t * 4),
-            ("tab", t * 4),
-            ("slot", t * 4),
-            ("blocks", blocks * 4),
+        let sizes: [(&'static str, usize); 16] = [
+            ("meta", Meta::bytes(t, r, blocks)),
             ("x", t * h * es),
             ("y", t * h * es),
             ("a", t * h * es),
@@ -361,7 +468,6 @@ impl CudaModel {
             ("attn", t * nq * es),
             ("gu", t * 2 * self.shard.inter * es),
             ("act", t * self.shard.inter * es),
-            ("rows", r * 4),
             ("sel", r * h * es),
             ("seln", r * h * es),
             ("lg", r * self.shard.chunk * es),
@@ -375,12 +481,12 @@ impl CudaModel {
         for (name, bytes) in sizes {
             let logits_part = matches!(
                 name,
-                "rows" | "sel" | "seln" | "lg" | "lgall" | "draws" | "pens" | "work" | "out"
+                "sel" | "seln" | "lg" | "lgall" | "draws" | "pens" | "work" | "out"
             );
             if logits_part && !last {
                 continue;
             }
-            grow(&self.gpu, &mut self.ws, name, bytes)?;
+            grow(&self.gpu, &mut self.ws, &mut self.ws_epoch, name, bytes)?;
         }
         Ok(())
     }
@@ -466,6 +572,11 @@ impl CudaModel {
     /// Runs this rank's part of one step over `chunks`. On the sampling rank
     /// (`sampler`), draws `draws` from the logits rows and, with `want_logits`, also
     /// returns every row's logits; `None` elsewhere.
+    ///
+    /// A decode step (one token per sequence, no logits asked for) is padded to the
+    /// next [`GRAPH_BUCKETS`] size and, from the second step of that size on, replays
+    /// a CUDA graph of the whole forward (captured once per size); padding tokens
+    /// write no K/V (slot −1) and their rows are never drawn.
     pub fn step(
         &mut self,
         chunks: &[SeqChunk<'_>],
@@ -473,19 +584,18 @@ impl CudaModel {
         want_logits: bool,
         sampler: bool,
     ) -> Result<Option<StepOut>> {
-        let cfg = &self.cfg;
-        let (h, hd, bs) = (cfg.hidden_size, cfg.head_dim, self.block_size);
-        let (nq, nkv) = (self.shard.heads * hd, self.shard.kv_heads * hd);
-        let qkvw = nq + 2 * nkv;
-        let mut tokens = vec![];
-        let mut pos = vec![];
-        let mut tab = vec![];
-        let mut slots = vec![];
-        let mut blocks: Vec<i32> = vec![];
-        let mut rows: Vec<i32> = vec![];
+        let bs = self.block_size;
+        let decode = !want_logits && chunks.iter().all(|c| c.tokens.len() == 1 && !c.all_logits);
+        let real = chunks.iter().map(|c| c.tokens.len()).sum::<usize>();
+        let bucket = if decode && self.graphs.enabled {
+            GRAPH_BUCKETS.iter().copied().find(|&b| b >= real)
+        } else {
+            None
+        };
+        let mut m = Meta::default();
         for c in chunks {
-            let off = blocks.len() as i32;
-            blocks.extend(c.table.0.iter().map(|&b| b as i32));
+            let off = m.blocks.len() as i32;
+            m.blocks.extend(c.table.0.iter().map(|&b| b as i32));
             for (i, &t) in c.tokens.iter().enumerate() {
                 let p = c.start + i;
                 let b = *c.table.0.get(p / bs).ok_or_else(|| {
@@ -500,58 +610,163 @@ impl CudaModel {
                         self.kv_blocks
                     )));
                 }
-                if t as usize >= cfg.vocab_size {
+                if t as usize >= self.cfg.vocab_size {
                     return Err(GpuError::Run(format!(
                         "token id {t} is outside the vocabulary ({})",
-                        cfg.vocab_size
+                        self.cfg.vocab_size
                     )));
                 }
                 if c.all_logits || i + 1 == c.tokens.len() {
-                    rows.push(tokens.len() as i32);
+                    m.rows.push(m.tok.len() as i32);
                 }
-                tokens.push(t as i32);
-                pos.push(p as i32);
-                tab.push(off);
-                slots.push((b * bs + p % bs) as i32);
+                m.tok.push(t as i32);
+                m.pos.push(p as i32);
+                m.tab.push(off);
+                m.slot.push((b * bs + p % bs) as i32);
             }
         }
-        let t = tokens.len();
-        let r = rows.len();
-        if t == 0 {
+        if real == 0 {
             return Ok(sampler.then(|| StepOut {
                 sampled: vec![],
                 logits: None,
             }));
         }
+        if let Some(n) = bucket {
+            m.pad(n);
+        }
+        let (t, r) = (m.tok.len(), m.rows.len());
         let pens: usize = draws
             .iter()
             .map(|d| d.history.map_or(0, |(p, o)| p.len() + o.len()))
             .sum();
         // Nothing of the last step may still read the buffers rewritten below.
         self.gpu.sync()?;
-        self.reserve(t, r, draws.len(), pens, blocks.len())?;
-        let p = |s: &Self, n: &str| s.ws[n].ptr;
-        self.gpu.upload(p(self, "tok"), &tokens)?;
-        self.gpu.upload(p(self, "pos"), &pos)?;
-        self.gpu.upload(p(self, "tab"), &tab)?;
-        self.gpu.upload(p(self, "slot"), &slots)?;
-        self.gpu.upload(p(self, "blocks"), &blocks)?;
-        let (x, y, a) = (p(self, "x"), p(self, "y"), p(self, "a"));
-        let (qkv, attn, gu, act) = (
-            p(self, "qkv"),
-            p(self, "attn"),
-            p(self, "gu"),
-            p(self, "act"),
-        );
-        let cfg = &self.cfg;
+        self.reserve(t, r, draws.len(), pens, m.blocks.len())?;
+        let host = m.pack();
+        let meta_ptr = grow(
+            &self.gpu,
+            &mut self.ws,
+            &mut self.ws_epoch,
+            "meta",
+            host.len() * 4,
+        )?;
+        self.gpu.upload(meta_ptr, &host)?;
+        let at = m.ptrs(meta_ptr);
+        match bucket {
+            Some(n) => self.forward_graphed(n, r, &at)?,
+            None => self.forward(t, r, &at)?,
+        }
+        if !self.place.last_stage() || !sampler {
+            return Ok(None);
+        }
+        let logits = self.logits_ptr();
+        let p = |n: &str| self.ws[n].ptr;
+        let scratch = Scratch {
+            draws: p("draws"),
+            pens: p("pens"),
+            work: p("work"),
+            out: p("out"),
+        };
+        let sampled = sample::sample(
+            &self.gpu,
+            self.dt,
+            logits,
+            r,
+            self.shard.chunk,
+            self.cfg.vocab_size,
+            draws,
+            &scratch,
+        )?;
+        let host = if want_logits {
+            Some(self.logits_to_host(logits, r)?)
+        } else {
+            None
+        };
+        Ok(Some(StepOut {
+            sampled,
+            logits: host,
+        }))
+    }
 
+    /// Where the step's gathered logits `[tp][rows][chunk]` are.
+    fn logits_ptr(&self) -> u64 {
+        if self.comms.tp.is_some() {
+            self.ws["lgall"].ptr
+        } else {
+            self.ws["lg"].ptr
+        }
+    }
+
+    /// The forward of a padded decode step of `n` tokens: eager the first time this
+    /// size is seen (it warms cuBLAS and NCCL), captured into a CUDA graph and
+    /// replayed after that. A capture that fails turns replays off for the process
+    /// (the padding stays, as the other ranks expect it).
+    fn forward_graphed(&mut self, n: usize, r: usize, at: &MetaPtrs) -> Result<()> {
+        if self.graphs.epoch != self.ws_epoch {
+            // A workspace buffer moved: every captured address is stale.
+            self.graphs.exec.clear();
+            self.graphs.epoch = self.ws_epoch;
+        }
+        if self.graphs.failed {
+            return self.forward(n, r, at);
+        }
+        if let Some(g) = self.graphs.exec.get(&n) {
+            return g.launch().map_err(|e| {
+                GpuError::Run(format!("replaying the CUDA graph of {n} tokens: {e:?}"))
+            });
+        }
+        if self.graphs.seen.insert(n) {
+            return self.forward(n, r, at);
+        }
+        let stream = self.gpu.stream.clone();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| GpuError::Run(format!("starting a CUDA graph capture: {e:?}")))?;
+        let run = self.forward(n, r, at);
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        match (run, graph) {
+            (Ok(()), Ok(Some(g))) => {
+                g.launch().map_err(|e| {
+                    GpuError::Run(format!("launching the CUDA graph of {n} tokens: {e:?}"))
+                })?;
+                self.graphs.exec.insert(n, g);
+                Ok(())
+            }
+            (run, graph) => {
+                eprintln!(
+                    "rrank: warning: capturing a CUDA graph of {n} tokens failed ({}); running eagerly from now on",
+                    match (&run, &graph) {
+                        (Err(e), _) => e.to_string(),
+                        (_, Err(e)) => format!("{e:?}"),
+                        _ => "empty graph".into(),
+                    }
+                );
+                self.graphs.failed = true;
+                self.graphs.exec.clear();
+                self.forward(n, r, at)
+            }
+        }
+    }
+
+    /// Launches the forward of `t` tokens with `r` logits rows (metadata already on
+    /// the GPU at `at`): embedding or the previous stage's hidden states, this
+    /// stage's layers, then the next stage's send or the gathered logits. Launches
+    /// only — no host copies or waits, so a CUDA graph can capture it.
+    fn forward(&self, t: usize, r: usize, at: &MetaPtrs) -> Result<()> {
+        let cfg = &self.cfg;
+        let (h, hd, bs) = (cfg.hidden_size, cfg.head_dim, self.block_size);
+        let (nq, nkv) = (self.shard.heads * hd, self.shard.kv_heads * hd);
+        let qkvw = nq + 2 * nkv;
+        let p = |n: &str| self.ws[n].ptr;
+        let (x, y, a) = (p("x"), p("y"), p("a"));
+        let (qkv, attn, gu, act) = (p("qkv"), p("attn"), p("gu"), p("act"));
         if let Some(e) = &self.embed {
             self.launch_rows(
                 "embed",
                 t,
                 h,
                 Args::new()
-                    .ptr(p(self, "tok"))
+                    .ptr(at.tok)
                     .ptr(e.ptr)
                     .ptr(x)
                     .i32(h as i32)
@@ -583,7 +798,7 @@ impl CudaModel {
                     nh * hd / 2,
                     Args::new()
                         .ptr(qkv)
-                        .ptr(p(self, "pos"))
+                        .ptr(at.pos)
                         .ptr(self.inv_freq.ptr)
                         .i32(nh as i32)
                         .i32(hd as i32)
@@ -599,7 +814,7 @@ impl CudaModel {
                     .ptr(qkv)
                     .ptr(kc.ptr)
                     .ptr(vc.ptr)
-                    .ptr(p(self, "slot"))
+                    .ptr(at.slot)
                     .i32(nkv as i32)
                     .i32(qkvw as i32)
                     .i32(nq as i32)
@@ -608,15 +823,15 @@ impl CudaModel {
             self.gpu.launch(
                 &format!("attention_{}", self.dt.suffix()),
                 (t as u32, self.shard.heads as u32, 1),
-                256,
+                ATTENTION_THREADS,
                 Args::new()
                     .ptr(qkv)
                     .ptr(kc.ptr)
                     .ptr(vc.ptr)
                     .ptr(attn)
-                    .ptr(p(self, "pos"))
-                    .ptr(p(self, "tab"))
-                    .ptr(p(self, "blocks"))
+                    .ptr(at.pos)
+                    .ptr(at.tab)
+                    .ptr(at.blocks)
                     .i32(self.shard.heads as i32)
                     .i32(self.shard.kv_heads as i32)
                     .i32(hd as i32)
@@ -655,25 +870,14 @@ impl CudaModel {
                 .world
                 .as_ref()
                 .expect("stages > 1 have a world comm");
-            world.send(x, t * h, self.dt, self.place.next_stage())?;
-            return Ok(None);
+            return world.send(x, t * h, self.dt, self.place.next_stage());
         }
-        let (sel, seln, lg, lgall) = (
-            p(self, "sel"),
-            p(self, "seln"),
-            p(self, "lg"),
-            p(self, "lgall"),
-        );
-        self.gpu.upload(p(self, "rows"), &rows)?;
+        let (sel, seln, lg) = (p("sel"), p("seln"), p("lg"));
         self.launch_rows(
             "gather_rows",
             r,
             h,
-            Args::new()
-                .ptr(x)
-                .ptr(p(self, "rows"))
-                .ptr(sel)
-                .i32(h as i32),
+            Args::new().ptr(x).ptr(at.rows).ptr(sel).i32(h as i32),
         )?;
         self.rms_norm(
             sel,
@@ -685,42 +889,10 @@ impl CudaModel {
         let head = self.lm_head.as_ref().expect("last stage").ptr;
         self.gpu
             .gemm(self.dt, r, self.shard.chunk, h, seln, head, lg)?;
-        let logits = match &self.comms.tp {
-            Some(c) => {
-                c.all_gather(lg, lgall, r * self.shard.chunk, self.dt)?;
-                lgall
-            }
-            None => lg,
-        };
-        if !sampler {
-            return Ok(None);
+        if let Some(c) = &self.comms.tp {
+            c.all_gather(lg, p("lgall"), r * self.shard.chunk, self.dt)?;
         }
-        let vocab = self.cfg.vocab_size;
-        let scratch = Scratch {
-            draws: p(self, "draws"),
-            pens: p(self, "pens"),
-            work: p(self, "work"),
-            out: p(self, "out"),
-        };
-        let sampled = sample::sample(
-            &self.gpu,
-            self.dt,
-            logits,
-            r,
-            self.shard.chunk,
-            vocab,
-            draws,
-            &scratch,
-        )?;
-        let host = if want_logits {
-            Some(self.logits_to_host(logits, r)?)
-        } else {
-            None
-        };
-        Ok(Some(StepOut {
-            sampled,
-            logits: host,
-        }))
+        Ok(())
     }
 
     /// The gathered logits `[tp][rows][chunk]` as `[rows, vocab]` f32 on the host.
