@@ -1,6 +1,6 @@
 // The Llama forward's kernels (common.cuh is prepended). GEMMs are cuBLAS; these are
-// the rest: dtype conversion, embedding, RMSNorm with a fused residual add, RoPE,
-// the paged K/V write, paged attention for packed prefill and decode tokens alike,
+// the rest: dtype conversion, embedding, RMSNorm with a fused residual add, RoPE
+// fused with the paged K/V write, paged attention for packed prefill and decode tokens alike,
 // SiLU·mul, bias, residual add and row gathering. Rounding points follow
 // transformers' Llama in bf16/f16 so both round the same intermediate values.
 
@@ -33,17 +33,50 @@ __device__ void embed_impl(const int *ids, const T *table, T *out, int hidden, i
     }
 RR_FOR_TYPES(EMBED)
 
-// ---- RMSNorm, one block per row; with `y`, first x = x + y (the residual add) ----
+// ---- RMSNorm, one block per row; with `y`, first x = x + y (the residual add). Each
+// thread keeps its (at most RR_NORM_PER) values and weights in registers between the
+// two passes; wider rows take the plain loop.
+#define RR_NORM_PER 8
 template <typename T>
 __device__ void rms_norm_impl(T *x, const T *y, const T *w, T *out, int hidden, float eps) {
     __shared__ float sh[32];
     i64 row = blockIdx.x;
     T *xr = x + row * hidden;
+    const T *yr = y ? y + row * hidden : nullptr;
+    T *orow = out + row * hidden;
+    if (hidden <= RR_NORM_PER * (int)blockDim.x) {
+        float v[RR_NORM_PER], wv[RR_NORM_PER];
+        float ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < RR_NORM_PER; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            v[k] = 0.f;
+            wv[k] = 0.f;
+            if (i < hidden) {
+                float a = tof(xr[i]);
+                if (yr) {
+                    a = rnd<T>(a + tof(yr[i]));
+                    xr[i] = fromf<T>(a);
+                }
+                v[k] = a;
+                wv[k] = tof(w[i]);
+                ss += a * a;
+            }
+        }
+        ss = block_sum(ss, sh);
+        float r = rsqrtf(ss / (float)hidden + eps);
+#pragma unroll
+        for (int k = 0; k < RR_NORM_PER; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            if (i < hidden) orow[i] = fromf<T>(wv[k] * rnd<T>(v[k] * r));
+        }
+        return;
+    }
     float ss = 0.f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
         float v = tof(xr[i]);
-        if (y) {
-            v = rnd<T>(v + tof(y[row * hidden + i]));
+        if (yr) {
+            v = rnd<T>(v + tof(yr[i]));
             xr[i] = fromf<T>(v);
         }
         ss += v * v;
@@ -51,7 +84,7 @@ __device__ void rms_norm_impl(T *x, const T *y, const T *w, T *out, int hidden, 
     ss = block_sum(ss, sh);
     float r = rsqrtf(ss / (float)hidden + eps);
     for (int i = threadIdx.x; i < hidden; i += blockDim.x)
-        out[row * hidden + i] = fromf<T>(tof(w[i]) * rnd<T>(tof(xr[i]) * r));
+        orow[i] = fromf<T>(tof(w[i]) * rnd<T>(tof(xr[i]) * r));
 }
 #define RMS_NORM(S, T)                                                                         \
     extern "C" __global__ void rms_norm_##S(T *x, const T *y, const T *w, T *out, int hidden,   \
@@ -60,51 +93,47 @@ __device__ void rms_norm_impl(T *x, const T *y, const T *w, T *out, int hidden, 
     }
 RR_FOR_TYPES(RMS_NORM)
 
-// ---- rotate-half RoPE in place on `heads` heads starting at column `off` of each row ----
+// ---- RoPE and the K/V write in one pass per token: q heads rotated in place (attention
+// reads them from the row), k heads rotated straight into the cache slot, v copied.
+// Row layout [q (heads·hd) | k (kvh·hd) | v (kvh·hd)]; cache layout [slots, kvh, hd].
+// A slot of −1 (a CUDA-graph padding token) writes nothing to the cache.
 template <typename T>
-__device__ void rope_impl(T *x, const int *pos, const float *inv_freq, int heads, int hd, int stride,
-                          int off) {
+__device__ void rope_kv_impl(T *qkv, T *kc, T *vc, const int *pos, const int *slots,
+                             const float *inv_freq, int heads, int kvh, int hd, int stride) {
     i64 t = blockIdx.x;
     float p = (float)pos[t];
-    int half = hd / 2;
-    T *row = x + t * stride + off;
-    for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
+    i64 slot = slots[t];
+    int half = hd / 2, nkv = kvh * hd;
+    T *row = qkv + t * stride;
+    for (int j = threadIdx.x; j < (heads + kvh) * half; j += blockDim.x) {
         int h = j / half, i = j % half;
         float f = p * inv_freq[i];
         float c = rnd<T>(cosf(f)), s = rnd<T>(sinf(f));
-        T *xh = row + h * hd;
+        T *xh = row + (i64)h * hd;
         float a = tof(xh[i]), b = tof(xh[i + half]);
-        float o1 = rnd<T>(rnd<T>(a * c) + rnd<T>(-b * s));
-        float o2 = rnd<T>(rnd<T>(b * c) + rnd<T>(a * s));
-        xh[i] = fromf<T>(o1);
-        xh[i + half] = fromf<T>(o2);
+        T o1 = fromf<T>(rnd<T>(a * c) + rnd<T>(-b * s));
+        T o2 = fromf<T>(rnd<T>(b * c) + rnd<T>(a * s));
+        if (h < heads) {
+            xh[i] = o1;
+            xh[i + half] = o2;
+        } else if (slot >= 0) {
+            T *kd = kc + slot * nkv + (i64)(h - heads) * hd;
+            kd[i] = o1;
+            kd[i + half] = o2;
+        }
+    }
+    if (slot >= 0) {
+        const T *v = row + (i64)(heads + kvh) * hd;
+        for (int i = threadIdx.x; i < nkv; i += blockDim.x) vc[slot * nkv + i] = v[i];
     }
 }
-#define ROPE(S, T)                                                                              \
-    extern "C" __global__ void rope_##S(T *x, const int *pos, const float *inv_freq, int heads,  \
-                                        int hd, int stride, int off) {                          \
-        rope_impl<T>(x, pos, inv_freq, heads, hd, stride, off);                                 \
+#define ROPE_KV(S, T)                                                                          \
+    extern "C" __global__ void rope_kv_##S(T *qkv, T *kc, T *vc, const int *pos,                \
+                                           const int *slots, const float *inv_freq, int heads,  \
+                                           int kvh, int hd, int stride) {                       \
+        rope_kv_impl<T>(qkv, kc, vc, pos, slots, inv_freq, heads, kvh, hd, stride);             \
     }
-RR_FOR_TYPES(ROPE)
-
-// ---- K/V of each token into its cache slot; cache layout [slots, kv_heads, head_dim] ----
-template <typename T>
-__device__ void kv_write_impl(const T *qkv, T *kc, T *vc, const int *slots, int n, int stride,
-                              int k_off, int v_off) {
-    i64 t = blockIdx.x;
-    i64 slot = slots[t];
-    if (slot < 0) return;  // a padding token of a CUDA-graph bucket
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        kc[slot * n + i] = qkv[t * stride + k_off + i];
-        vc[slot * n + i] = qkv[t * stride + v_off + i];
-    }
-}
-#define KV_WRITE(S, T)                                                                            \
-    extern "C" __global__ void kv_write_##S(const T *qkv, T *kc, T *vc, const int *slots, int n,   \
-                                            int stride, int k_off, int v_off) {                   \
-        kv_write_impl<T>(qkv, kc, vc, slots, n, stride, k_off, v_off);                            \
-    }
-RR_FOR_TYPES(KV_WRITE)
+RR_FOR_TYPES(ROPE_KV)
 
 // ---- paged attention: one block per (token, query head); its warps (at most 16) take
 // runs of RR_ATT_U consecutive keys of the token's sequence up to its own position

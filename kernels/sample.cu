@@ -100,6 +100,57 @@ __device__ void sample_impl(const T *lg, int rows, int chunk, int vocab, const D
     __shared__ int pick_thread;
     __shared__ float pick_rest;
     const Draw d = draws[blockIdx.x];
+    if (d.temperature <= 0.f && d.pen_n == 0 && d.n_top <= 0) {
+        // Greedy without penalties or alternatives: one pass over the row's parts
+        // (no division per id) for the argmax and an online log-sum-exp.
+        float best = -RR_INF, m = -RR_INF, se = 0.f;
+        int bi = 0x7fffffff;
+        int parts = (vocab + chunk - 1) / chunk;
+        for (int p = 0; p < parts; p++) {
+            const T *row = lg + ((i64)p * rows + d.row) * chunk;
+            int n = min(chunk, vocab - p * chunk);
+            for (int j = threadIdx.x; j < n; j += blockDim.x) {
+                float v = tof(row[j]);
+                if (v > best) {  // ids ascend per thread: the first wins ties
+                    best = v;
+                    bi = p * chunk + j;
+                }
+                if (v > m) {
+                    se = se * expf(m - v) + 1.f;
+                    m = v;
+                } else {
+                    se += expf(v - m);
+                }
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > best || (ov == best && oi < bi)) {
+                best = ov;
+                bi = oi;
+            }
+        }
+        float gm = block_max(m, sh);
+        float lse = gm + logf(block_sum(m == -RR_INF ? 0.f : se * expf(m - gm), sh));
+        int wp = threadIdx.x >> 5, l = threadIdx.x & 31;
+        if (l == 0) {
+            shv[wp] = best;
+            shi[wp] = bi;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int nw = (blockDim.x + 31) >> 5;
+            for (int k = 1; k < nw; k++)
+                if (shv[k] > best || (shv[k] == best && shi[k] < bi)) {
+                    best = shv[k];
+                    bi = shi[k];
+                }
+            out_tok[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+            out_lp[blockIdx.x] = best - lse;
+        }
+        return;
+    }
     float *w = work + (i64)blockIdx.x * vocab;
     float mx = -RR_INF;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {

@@ -253,13 +253,14 @@ def decode(bins, tmp, n_gpus, model):
           f"max |logit diff| to float32: GEMV {e_g:.3f}, cuBLAS {e_c:.3f}; argmax GEMV {am('gemv')}, cuBLAS {am('cublas')}, "
           f"float32 {am('f32')}")
     for tp in ([1, 2] if n_gpus >= 2 else [1]):
-        for env, eager in (("0", False), ("1", False), ("0", True), ("1", True)):
+        for lt, eager in (("1", False), ("0", False), ("1", True)):
             p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", tp, bins / "rrank", "generate", "--model", model,
                         "-tp", tp, "--prompt-ids", "1,2,3,4,5,6,7,8", "--max-tokens", 256, "--ignore-eos",
                         *(["--enforce-eager"] if eager else [])],
-                       env=dict(os.environ, RRANK_GEMV=env))
+                       env=dict(os.environ, RRANK_CUBLASLT=lt))
             line = [l for l in p.stderr.splitlines() if "generated tokens" in l or "warning" in l]
-            say(f"decode speed tp{tp} {'GEMV' if env == '1' else 'cuBLAS'} {'eager' if eager else 'CUDA graphs'}: {line[:2]}")
+            say(f"decode speed tp{tp} {'tuned cuBLASLt' if lt == '1' else 'cublasGemmEx'} "
+                f"{'eager' if eager else 'CUDA graphs'}: {line[:2]}")
 
 
 def refusals(bins, tmp, model8b):

@@ -9,8 +9,10 @@ pub mod metrics;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::RankError;
+use super::backend::cuda::model::GRAPH_BUCKETS;
 use super::cli::{EngineArgs, ServeArgs};
 use super::engine::executor::{Backend, Executor};
 use super::engine::scheduler::{Limits, Scheduler};
@@ -20,6 +22,7 @@ use super::startup;
 
 /// Runs the server (every rank).
 pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
+    let t_start = Instant::now();
     let mut s = startup::prepare(engine, true)?;
     let max_model_len = startup::max_model_len(engine, &s.cfg, s.device);
     let bs = engine.block_size;
@@ -78,11 +81,18 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         front = Some((state, codec, addr));
     }
     let mut backend = startup::load_backend(engine, &mut s)?;
+    let t_loaded = Instant::now();
     if let Backend::Cuda(m) = &mut backend {
-        // The step workspace is sized for the largest step before the cache takes the rest.
+        // The step workspace is sized for the largest step (a decode step is padded
+        // to its CUDA-graph size) before the cache takes the rest.
         let seqs = serve.max_num_seqs;
-        let tokens = serve.max_num_batched_tokens.max(seqs);
-        m.reserve(tokens, seqs, seqs, 0, seqs * max_model_len.div_ceil(bs))
+        let padded = GRAPH_BUCKETS
+            .iter()
+            .copied()
+            .find(|&b| b >= seqs)
+            .unwrap_or(seqs);
+        let tokens = serve.max_num_batched_tokens.max(padded);
+        m.reserve(tokens, padded, seqs, 0, seqs * max_model_len.div_ceil(bs))
             .map_err(|e| RankError::Runtime(e.to_string()))?;
     }
     let kv = startup::plan_kv(
@@ -95,6 +105,28 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
     )?;
     let blocks = kv.blocks;
     eprintln!("rrank: {}", kv.line);
+    let t_kv = Instant::now();
+    if let Backend::Cuda(m) = &mut backend {
+        let tokens = serve.max_num_batched_tokens;
+        let mut sizes = vec![tokens];
+        if tokens > 512 {
+            sizes.insert(0, 512);
+        }
+        m.warmup(&sizes, serve.max_num_seqs)
+            .map_err(|e| RankError::Runtime(format!("warm-up: {e}")))?;
+    }
+    if env.rank == 0 {
+        let graphs = match &backend {
+            Backend::Cuda(m) if m.graphs.enabled => " and CUDA-graph capture",
+            _ => "",
+        };
+        eprintln!(
+            "rrank: start-up: {:.2} s to the loaded weights (libraries, checkpoint, NCCL), {:.2} s KV cache, {:.2} s warm-up{graphs}",
+            (t_loaded - t_start).as_secs_f64(),
+            (t_kv - t_loaded).as_secs_f64(),
+            t_kv.elapsed().as_secs_f64()
+        );
+    }
     let mine = kv.report;
     let mut comm = s.comm;
     let mut exec = Executor { backend };

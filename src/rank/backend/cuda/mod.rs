@@ -10,6 +10,7 @@
 //! fused weights and workspaces simple.
 
 pub mod libs;
+pub mod lt;
 pub mod model;
 pub mod nccl;
 pub mod nvrtc;
@@ -141,6 +142,9 @@ impl Args {
     }
 }
 
+/// GEMMs of at most this many token rows go through tuned cuBLASLt plans ([`lt`]).
+const LT_MAX_M: usize = 64;
+
 /// Bytes of cuBLAS's workspace (NVIDIA recommends 32 MiB on Hopper).
 const BLAS_WORKSPACE: usize = 32 << 20;
 
@@ -156,6 +160,8 @@ pub struct Gpu {
     funcs: HashMap<String, drv_sys::CUfunction>,
     /// cuBLAS's workspace (set once, so GEMMs can be captured in CUDA graphs).
     blas_workspace: DevBuf,
+    /// cuBLASLt plans for decode-sized GEMMs (`RRANK_CUBLASLT=0`: cublasGemmEx only).
+    lt: Option<lt::Lt>,
     pub stream: Arc<CudaStream>,
     pub ctx: Arc<CudaContext>,
 }
@@ -235,6 +241,7 @@ impl Gpu {
             blas,
             funcs,
             blas_workspace: DevBuf { ptr: 0, bytes: 0 },
+            lt: None,
             stream,
             ctx,
         };
@@ -251,6 +258,9 @@ impl Gpu {
         };
         if st != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
             return Err(GpuError::Run(format!("cublasSetWorkspace: {st:?}")));
+        }
+        if std::env::var("RRANK_CUBLASLT").as_deref() != Ok("0") {
+            gpu.lt = lt::Lt::new(gpu.blas_workspace.ptr, BLAS_WORKSPACE);
         }
         Ok(gpu)
     }
@@ -387,6 +397,13 @@ impl Gpu {
                     .i32(k as i32),
             );
         }
+        if m <= LT_MAX_M
+            && dt != DType::F32
+            && let Some(lt) = &self.lt
+            && lt.gemm(&self.ctx, &self.stream, dt, m, n, k, x, w, y)
+        {
+            return Ok(());
+        }
         let (alpha, beta) = (1f32, 0f32);
         // SAFETY: buffers sized by the caller; column-major view: yᵀ = w · xᵀ.
         unsafe {
@@ -468,7 +485,8 @@ mod tests {
         assert!(llama.contains(&"convert_bf16_f32".to_string()), "{llama:?}");
         assert!(llama.contains(&"attention_f16".to_string()));
         assert!(llama.contains(&"rms_norm_bf16".to_string()));
-        assert_eq!(llama.len(), 9 + 3 * 10, "{llama:?}");
+        assert!(llama.contains(&"rope_kv_bf16".to_string()));
+        assert_eq!(llama.len(), 9 + 3 * 9, "{llama:?}");
         assert_eq!(
             kernel_names(nvrtc::MODULES[1].1),
             ["sample_f32", "sample_bf16", "sample_f16"]

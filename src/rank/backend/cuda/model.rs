@@ -642,16 +642,7 @@ impl CudaModel {
         // Nothing of the last step may still read the buffers rewritten below.
         self.gpu.sync()?;
         self.reserve(t, r, draws.len(), pens, m.blocks.len())?;
-        let host = m.pack();
-        let meta_ptr = grow(
-            &self.gpu,
-            &mut self.ws,
-            &mut self.ws_epoch,
-            "meta",
-            host.len() * 4,
-        )?;
-        self.gpu.upload(meta_ptr, &host)?;
-        let at = m.ptrs(meta_ptr);
+        let at = self.upload_meta(&m)?;
         match bucket {
             Some(n) => self.forward_graphed(n, r, &at)?,
             None => self.forward(t, r, &at)?,
@@ -686,6 +677,71 @@ impl CudaModel {
             sampled,
             logits: host,
         }))
+    }
+
+    /// Runs the forward on padding tokens (nothing is written to the KV cache) once
+    /// per prefill size in `prefill`, and twice per decode size up to `max_seqs`
+    /// (the second run captures that size's CUDA graph), so that no request pays for
+    /// lazy kernel loading, GEMM tuning or graph capture. Needs the KV cache. Every
+    /// rank must call it with the same arguments at the same point: the collectives
+    /// inside have to match.
+    pub fn warmup(&mut self, prefill: &[usize], max_seqs: usize) -> Result<()> {
+        let decode: Vec<usize> = if self.graphs.enabled {
+            let top = GRAPH_BUCKETS
+                .iter()
+                .copied()
+                .find(|&b| b >= max_seqs)
+                .unwrap_or(0);
+            GRAPH_BUCKETS
+                .iter()
+                .copied()
+                .filter(|&b| b <= top)
+                .collect()
+        } else {
+            vec![]
+        };
+        let most = prefill.iter().chain(&decode).copied().max().unwrap_or(0);
+        if most == 0 || self.kv_blocks == 0 {
+            return Ok(());
+        }
+        // Everything sized first, so no buffer moves under a captured graph (a
+        // prefill has one logits row; a decode step one per token).
+        let rows = decode.last().copied().unwrap_or(1);
+        self.reserve(most, rows, 0, 0, 1)?;
+        let padding = |n: usize, rows: Vec<i32>| Meta {
+            tok: vec![0; n],
+            pos: vec![0; n],
+            tab: vec![0; n],
+            slot: vec![-1; n],
+            rows,
+            blocks: vec![0],
+        };
+        for &n in prefill {
+            let m = padding(n, vec![n as i32 - 1]);
+            let at = self.upload_meta(&m)?;
+            self.forward(n, 1, &at)?;
+        }
+        for &n in &decode {
+            let m = padding(n, (0..n as i32).collect());
+            let at = self.upload_meta(&m)?;
+            for _ in 0..2 {
+                self.forward_graphed(n, n, &at)?;
+            }
+        }
+        self.gpu.sync()
+    }
+
+    fn upload_meta(&mut self, m: &Meta) -> Result<MetaPtrs> {
+        let host = m.pack();
+        let ptr = grow(
+            &self.gpu,
+            &mut self.ws,
+            &mut self.ws_epoch,
+            "meta",
+            host.len() * 4,
+        )?;
+        self.gpu.upload(ptr, &host)?;
+        Ok(m.ptrs(ptr))
     }
 
     /// Where the step's gathered logits `[tp][rows][chunk]` are.
@@ -791,34 +847,21 @@ impl CudaModel {
             self.rms_norm(x, if pending { y } else { 0 }, &l.in_norm, a, t)?;
             self.gpu.gemm(self.dt, t, qkvw, h, a, l.qkv.ptr, qkv)?;
             self.add_bias(qkv, l.qkv_bias.as_ref(), t, qkvw)?;
-            for (nh, off) in [(self.shard.heads, 0), (self.shard.kv_heads, nq)] {
-                self.launch_rows(
-                    "rope",
-                    t,
-                    nh * hd / 2,
-                    Args::new()
-                        .ptr(qkv)
-                        .ptr(at.pos)
-                        .ptr(self.inv_freq.ptr)
-                        .i32(nh as i32)
-                        .i32(hd as i32)
-                        .i32(qkvw as i32)
-                        .i32(off as i32),
-                )?;
-            }
             self.launch_rows(
-                "kv_write",
+                "rope_kv",
                 t,
-                nkv,
+                (self.shard.heads + self.shard.kv_heads) * hd / 2,
                 Args::new()
                     .ptr(qkv)
                     .ptr(kc.ptr)
                     .ptr(vc.ptr)
+                    .ptr(at.pos)
                     .ptr(at.slot)
-                    .i32(nkv as i32)
-                    .i32(qkvw as i32)
-                    .i32(nq as i32)
-                    .i32((nq + nkv) as i32),
+                    .ptr(self.inv_freq.ptr)
+                    .i32(self.shard.heads as i32)
+                    .i32(self.shard.kv_heads as i32)
+                    .i32(hd as i32)
+                    .i32(qkvw as i32),
             )?;
             self.gpu.launch(
                 &format!("attention_{}", self.dt.suffix()),

@@ -1,0 +1,311 @@
+//! cuBLASLt for the GEMMs of decode steps (a few token rows against a whole weight
+//! matrix, so memory-bound). `cublasGemmEx`'s default pick for these shapes left a
+//! good part of the memory bandwidth unused on H100 (o_proj, 4096×4096, at about half
+//! the rate of the large products). Here each shape `(dtype, m, n, k)` gets a plan:
+//! the heuristic's candidate algorithms are timed on the real operands the first time
+//! the shape runs outside a CUDA-graph capture, and the fastest is kept. A shape first
+//! met during a capture takes the heuristic's first choice untimed. Any failure makes
+//! the caller fall back to `cublasGemmEx` for that shape.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublaslt::sys as lt;
+use cudarc::driver::{CudaContext, CudaStream, sys as drv_sys};
+
+use super::DType;
+
+/// Candidates asked of the heuristic per shape.
+const CANDIDATES: usize = 8;
+/// Timed runs per candidate (after one untimed).
+const REPS: usize = 5;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    dt: u8,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+struct Plan {
+    desc: lt::cublasLtMatmulDesc_t,
+    /// Layouts of the weight (A), the activations (B) and the output (C = D).
+    a: lt::cublasLtMatrixLayout_t,
+    b: lt::cublasLtMatrixLayout_t,
+    c: lt::cublasLtMatrixLayout_t,
+    /// Fastest first; `tuned` once timed.
+    algos: Vec<lt::cublasLtMatmulAlgo_t>,
+    tuned: bool,
+    /// The shape runs through cublasGemmEx instead.
+    unusable: bool,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: created once in `Plan::new`, destroyed once here.
+        unsafe {
+            lt::cublasLtMatrixLayoutDestroy(self.a);
+            lt::cublasLtMatrixLayoutDestroy(self.b);
+            lt::cublasLtMatrixLayoutDestroy(self.c);
+            lt::cublasLtMatmulDescDestroy(self.desc);
+        }
+    }
+}
+
+fn ok(s: lt::cublasStatus_t) -> Result<(), lt::cublasStatus_t> {
+    if s == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(s)
+    }
+}
+
+fn data_type(dt: DType) -> lt::cudaDataType {
+    match dt {
+        DType::F32 => lt::cudaDataType::CUDA_R_32F,
+        DType::Bf16 => lt::cudaDataType::CUDA_R_16BF,
+        DType::F16 => lt::cudaDataType::CUDA_R_16F,
+    }
+}
+
+impl Plan {
+    /// `y[m, n] = x[m, k] · w[n, k]ᵀ` row-major, seen column-major as
+    /// `yᵀ (n×m) = op_T(w: k×n) · xᵀ (k×m)`.
+    fn new(dt: DType, m: usize, n: usize, k: usize) -> Result<Plan, lt::cublasStatus_t> {
+        let ty = data_type(dt);
+        let mut desc = std::ptr::null_mut();
+        let (mut a, mut b, mut c) = (
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        // SAFETY: out-pointers to locals; the attribute buffer matches its type.
+        unsafe {
+            ok(lt::cublasLtMatmulDescCreate(
+                &mut desc,
+                lt::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                lt::cudaDataType::CUDA_R_32F,
+            ))?;
+            let trans = cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T;
+            let set = lt::cublasLtMatmulDescSetAttribute(
+                desc,
+                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &trans as *const _ as *const c_void,
+                std::mem::size_of_val(&trans),
+            );
+            let la = lt::cublasLtMatrixLayoutCreate(&mut a, ty, k as u64, n as u64, k as i64);
+            let lb = lt::cublasLtMatrixLayoutCreate(&mut b, ty, k as u64, m as u64, k as i64);
+            let lc = lt::cublasLtMatrixLayoutCreate(&mut c, ty, n as u64, m as u64, n as i64);
+            let plan = Plan {
+                desc,
+                a,
+                b,
+                c,
+                algos: vec![],
+                tuned: false,
+                unusable: false,
+            };
+            ok(set)?;
+            ok(la)?;
+            ok(lb)?;
+            ok(lc)?;
+            Ok(plan)
+        }
+    }
+}
+
+/// The cuBLASLt handle and this rank's plans (engine thread only).
+pub struct Lt {
+    handle: lt::cublasLtHandle_t,
+    workspace: u64,
+    workspace_bytes: usize,
+    plans: RefCell<HashMap<Key, Plan>>,
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        self.plans.borrow_mut().clear();
+        // SAFETY: created in `new`, destroyed once.
+        unsafe { lt::cublasLtDestroy(self.handle) };
+    }
+}
+
+impl Lt {
+    /// A handle sharing cuBLAS's workspace (both run in order on one stream).
+    pub fn new(workspace: u64, workspace_bytes: usize) -> Option<Lt> {
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: out-pointer to a local.
+        ok(unsafe { lt::cublasLtCreate(&mut handle) }).ok()?;
+        Some(Lt {
+            handle,
+            workspace,
+            workspace_bytes,
+            plans: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Enqueues the product on `stream`; `false` when cuBLASLt cannot do this shape
+    /// (the caller then uses cublasGemmEx).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        ctx: &Arc<CudaContext>,
+        stream: &Arc<CudaStream>,
+        dt: DType,
+        m: usize,
+        n: usize,
+        k: usize,
+        x: u64,
+        w: u64,
+        y: u64,
+    ) -> bool {
+        let key = Key {
+            dt: dt as u8,
+            m,
+            n,
+            k,
+        };
+        let mut plans = self.plans.borrow_mut();
+        let plan = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => match Plan::new(dt, m, n, k) {
+                Ok(mut p) => {
+                    p.algos = self.candidates(&p);
+                    p.unusable = p.algos.is_empty();
+                    e.insert(p)
+                }
+                Err(_) => return false,
+            },
+        };
+        if plan.unusable {
+            return false;
+        }
+        let capturing = stream
+            .capture_status()
+            .ok()
+            .is_none_or(|s| s != drv_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
+        if !plan.tuned && !capturing {
+            self.tune(plan, ctx, stream, x, w, y);
+        }
+        let Some(algo) = plan.algos.first() else {
+            return false;
+        };
+        self.run(plan, algo, stream, x, w, y).is_ok()
+    }
+
+    fn candidates(&self, p: &Plan) -> Vec<lt::cublasLtMatmulAlgo_t> {
+        let mut pref = std::ptr::null_mut();
+        // SAFETY: out-pointers and result arrays sized CANDIDATES; descriptors live.
+        unsafe {
+            if ok(lt::cublasLtMatmulPreferenceCreate(&mut pref)).is_err() {
+                return vec![];
+            }
+            let bytes = self.workspace_bytes;
+            lt::cublasLtMatmulPreferenceSetAttribute(
+                pref,
+                lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &bytes as *const usize as *const c_void,
+                std::mem::size_of::<usize>(),
+            );
+            let mut res: [lt::cublasLtMatmulHeuristicResult_t; CANDIDATES] = std::mem::zeroed();
+            let mut count = 0;
+            let st = lt::cublasLtMatmulAlgoGetHeuristic(
+                self.handle,
+                p.desc,
+                p.a,
+                p.b,
+                p.c,
+                p.c,
+                pref,
+                CANDIDATES as i32,
+                res.as_mut_ptr(),
+                &mut count,
+            );
+            lt::cublasLtMatmulPreferenceDestroy(pref);
+            if ok(st).is_err() {
+                return vec![];
+            }
+            res[..count.max(0) as usize]
+                .iter()
+                .filter(|r| r.state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                .map(|r| r.algo)
+                .collect()
+        }
+    }
+
+    fn run(
+        &self,
+        p: &Plan,
+        algo: &lt::cublasLtMatmulAlgo_t,
+        stream: &Arc<CudaStream>,
+        x: u64,
+        w: u64,
+        y: u64,
+    ) -> Result<(), lt::cublasStatus_t> {
+        let (alpha, beta) = (1f32, 0f32);
+        // SAFETY: operands sized by the caller for this plan's shape; the workspace
+        // is the Gpu's and outlives the call.
+        ok(unsafe {
+            lt::cublasLtMatmul(
+                self.handle,
+                p.desc,
+                &alpha as *const f32 as *const c_void,
+                w as *const c_void,
+                p.a,
+                x as *const c_void,
+                p.b,
+                &beta as *const f32 as *const c_void,
+                y as *const c_void,
+                p.c,
+                y as *mut c_void,
+                p.c,
+                algo,
+                self.workspace as *mut c_void,
+                self.workspace_bytes,
+                stream.cu_stream() as lt::cudaStream_t,
+            )
+        })
+    }
+
+    /// Times every candidate on the real operands (y is overwritten; the caller
+    /// writes it again right after) and puts the fastest first.
+    fn tune(
+        &self,
+        p: &mut Plan,
+        ctx: &Arc<CudaContext>,
+        stream: &Arc<CudaStream>,
+        x: u64,
+        w: u64,
+        y: u64,
+    ) {
+        p.tuned = true;
+        let timing = Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (Ok(start), Ok(end)) = (ctx.new_event(timing), ctx.new_event(timing)) else {
+            return;
+        };
+        let mut best: Option<(f32, usize)> = None;
+        for (i, algo) in p.algos.iter().enumerate() {
+            if self.run(p, algo, stream, x, w, y).is_err() {
+                continue;
+            }
+            if start.record(stream).is_err() {
+                return;
+            }
+            let runs = (0..REPS).all(|_| self.run(p, algo, stream, x, w, y).is_ok());
+            if !runs || end.record(stream).is_err() {
+                continue;
+            }
+            if let Ok(ms) = start.elapsed_ms(&end)
+                && best.is_none_or(|(b, _)| ms < b)
+            {
+                best = Some((ms, i));
+            }
+        }
+        if let Some((_, i)) = best {
+            p.algos.swap(0, i);
+        }
+    }
+}
