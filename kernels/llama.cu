@@ -135,7 +135,8 @@ __device__ void rope_kv_impl(T *qkv, T *kc, T *vc, const int *pos, const int *sl
     }
 RR_FOR_TYPES(ROPE_KV)
 
-// ---- paged attention: one block per (token, query head); its warps (at most 16) take
+// ---- paged attention: one block per (listed token, query head) — decode tokens, and every
+// token when the tiled prefill kernel below does not apply; its warps (at most 16) take
 // runs of RR_ATT_U consecutive keys of the token's sequence up to its own position
 // (causal), read through the block table, so each lane has RR_ATT_U keys' loads in
 // flight; each warp keeps an online softmax and warp 0 merges them in a fixed order.
@@ -144,14 +145,15 @@ RR_FOR_TYPES(ROPE_KV)
 #define RR_ATT_U 4
 #define RR_ATT_WARPS 16
 template <typename T>
-__device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, const int *tok_pos,
-                               const int *tok_tab, const int *blocks, int heads, int kvh_local,
+__device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, const int *toks,
+                               const int *tok_pos, const int *tok_tab, const int *blocks,
+                               int heads, int kvh_local,
                                int hd, int stride, int q_start, int group, int kv_start, int bs,
                                float scale, int window) {
     __shared__ float sm_m[RR_ATT_WARPS], sm_l[RR_ATT_WARPS];
     __shared__ float sm_acc[RR_ATT_WARPS][256];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    i64 t = blockIdx.x;
+    i64 t = toks[blockIdx.x];
     int h = blockIdx.y;
     int pos = tok_pos[t];
     const int *tab = blocks + tok_tab[t];
@@ -243,13 +245,141 @@ __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, c
 }
 #define ATTENTION(S, T)                                                                          \
     extern "C" __global__ void attention_##S(                                                   \
-        const T *qkv, const T *kc, const T *vc, T *out, const int *tok_pos, const int *tok_tab,  \
-        const int *blocks, int heads, int kvh_local, int hd, int stride, int q_start, int group, \
-        int kv_start, int bs, float scale, int window) {                                         \
-        attention_impl<T>(qkv, kc, vc, out, tok_pos, tok_tab, blocks, heads, kvh_local, hd,      \
-                          stride, q_start, group, kv_start, bs, scale, window);                  \
+        const T *qkv, const T *kc, const T *vc, T *out, const int *toks, const int *tok_pos,     \
+        const int *tok_tab, const int *blocks, int heads, int kvh_local, int hd, int stride,     \
+        int q_start, int group, int kv_start, int bs, float scale, int window) {                 \
+        attention_impl<T>(qkv, kc, vc, out, toks, tok_pos, tok_tab, blocks, heads, kvh_local,   \
+                          hd, stride, q_start, group, kv_start, bs, scale, window);              \
     }
 RR_FOR_TYPES(ATTENTION)
+
+// ---- paged attention for prefill tiles: one block of 256 threads per (tile, query head),
+// a tile being up to RR_TQ consecutive tokens of one sequence (tile = {first token of the
+// step, tokens, position of the first, offset of the sequence's block table in `blocks`}).
+// The tile's queries stay in shared memory while RR_TK keys at a time stream through it,
+// so each key is read once per tile instead of once per token. Thread (r, g): query row
+// r = tid / 8 (an online softmax per row, kept alike by its 8 threads), scores against
+// keys g and g + 8, output dims 4g + 32i .. +3 (float4 shared-memory reads without bank
+// conflicts). Causal and sliding-window masks per element. head_dim % 4 == 0, <= 128.
+#define RR_TQ 32
+#define RR_TK 16
+#define RR_HDMAX 128
+#define RR_QSTRIDE (RR_HDMAX + 4)
+template <typename T>
+__device__ void attention_prefill_impl(const T *qkv, const T *kc, const T *vc, T *out,
+                                       const int *tiles, const int *blocks, int heads,
+                                       int kvh_local, int hd, int stride, int q_start, int group,
+                                       int kv_start, int bs, float scale, int window) {
+    __shared__ __align__(16) float sq[RR_TQ][RR_QSTRIDE];
+    __shared__ __align__(16) float sk[RR_TK][RR_QSTRIDE];
+    __shared__ __align__(16) float sv[RR_TK][RR_HDMAX];
+    __shared__ float sp[RR_TQ][RR_TK + 1];
+    const int *tile = tiles + 4 * blockIdx.x;
+    int t0 = tile[0], nq = tile[1], pos0 = tile[2];
+    const int *tab = blocks + tile[3];
+    int h = blockIdx.y;
+    int kvh = (q_start + h) / group - kv_start;
+    int tid = threadIdx.x, r = tid >> 3, g = tid & 7;
+    for (int i = tid; i < RR_TQ * RR_HDMAX; i += blockDim.x) {
+        int qi = i / RR_HDMAX, d = i % RR_HDMAX;
+        sq[qi][d] = qi < nq && d < hd ? tof(qkv[(i64)(t0 + qi) * stride + (i64)h * hd + d]) * scale : 0.f;
+    }
+    float m = -RR_INF, l = 0.f;
+    float4 o[RR_HDMAX / 32];
+#pragma unroll
+    for (int i = 0; i < RR_HDMAX / 32; i++) o[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    int qpos = pos0 + r;
+    int last = pos0 + nq - 1;
+    int first = window > 0 ? max(0, pos0 + 1 - window) : 0;
+    first -= first % RR_TK;
+    i64 row = (i64)kvh_local * hd;
+    for (int k0 = first; k0 <= last; k0 += RR_TK) {
+        __syncthreads();
+        for (int i = tid; i < RR_TK * RR_HDMAX; i += blockDim.x) {
+            int kj = i / RR_HDMAX, d = i % RR_HDMAX, j = k0 + kj;
+            float kv = 0.f, vv = 0.f;
+            if (j <= last && d < hd) {
+                i64 slot = (i64)tab[j / bs] * bs + j % bs;
+                kv = tof(kc[slot * row + (i64)kvh * hd + d]);
+                vv = tof(vc[slot * row + (i64)kvh * hd + d]);
+            }
+            sk[kj][d] = kv;
+            sv[kj][d] = vv;
+        }
+        __syncthreads();
+        float s[2] = {0.f, 0.f};
+        for (int d = 0; d < hd; d += 4) {
+            float4 q4 = *reinterpret_cast<const float4 *>(&sq[r][d]);
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                float4 k4 = *reinterpret_cast<const float4 *>(&sk[g + 8 * c][d]);
+                s[c] += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            int j = k0 + g + 8 * c;
+            bool keep = r < nq && j <= qpos && (window <= 0 || j > qpos - window);
+            if (!keep) s[c] = -RR_INF;
+        }
+        float mx = fmaxf(s[0], s[1]);
+        for (int off = 4; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        float mn = fmaxf(m, mx);
+        float corr = mn == -RR_INF ? 1.f : expf(m - mn);
+        float p0 = s[0] == -RR_INF ? 0.f : expf(s[0] - mn);
+        float p1 = s[1] == -RR_INF ? 0.f : expf(s[1] - mn);
+        float ps = p0 + p1;
+        for (int off = 4; off > 0; off >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
+        l = l * corr + ps;
+        m = mn;
+        sp[r][g] = p0;
+        sp[r][g + 8] = p1;
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < RR_HDMAX / 32; i++) {
+            int d = 4 * g + 32 * i;
+            if (d < hd) {
+                float4 a = o[i];
+                a.x *= corr;
+                a.y *= corr;
+                a.z *= corr;
+                a.w *= corr;
+#pragma unroll
+                for (int kj = 0; kj < RR_TK; kj++) {
+                    float p = sp[r][kj];
+                    float4 v4 = *reinterpret_cast<const float4 *>(&sv[kj][d]);
+                    a.x += p * v4.x;
+                    a.y += p * v4.y;
+                    a.z += p * v4.z;
+                    a.w += p * v4.w;
+                }
+                o[i] = a;
+            }
+        }
+    }
+    if (r >= nq) return;
+    T *dst = out + (i64)(t0 + r) * heads * hd + (i64)h * hd;
+    float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int i = 0; i < RR_HDMAX / 32; i++) {
+        int d = 4 * g + 32 * i;
+        if (d < hd) {
+            dst[d] = fromf<T>(o[i].x * inv);
+            dst[d + 1] = fromf<T>(o[i].y * inv);
+            dst[d + 2] = fromf<T>(o[i].z * inv);
+            dst[d + 3] = fromf<T>(o[i].w * inv);
+        }
+    }
+}
+#define ATTENTION_PREFILL(S, T)                                                                  \
+    extern "C" __global__ void attention_prefill_##S(                                           \
+        const T *qkv, const T *kc, const T *vc, T *out, const int *tiles, const int *blocks,     \
+        int heads, int kvh_local, int hd, int stride, int q_start, int group, int kv_start,      \
+        int bs, float scale, int window) {                                                       \
+        attention_prefill_impl<T>(qkv, kc, vc, out, tiles, blocks, heads, kvh_local, hd,        \
+                                  stride, q_start, group, kv_start, bs, scale, window);          \
+    }
+RR_FOR_TYPES(ATTENTION_PREFILL)
 
 // ---- SiLU(gate) * up from the fused [t, 2 * inter] gate|up product ----
 template <typename T> __device__ void silu_mul_impl(const T *gu, T *out, int inter, i64 n) {

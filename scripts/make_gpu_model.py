@@ -2,8 +2,10 @@
 """Random-weight Llama checkpoints for GPU checks, made on the GPU machine (no downloads).
 
   make_gpu_model.py 8b OUT      Llama-3-8B shape (32 layers, 4096 hidden, GQA 32/8, vocab 128256,
-                                llama3 rope), bf16, sharded safetensors, with the test models' small
-                                tokenizer (so it can be served; its ids cover only the first 320 rows).
+                                llama3 rope), bf16, sharded safetensors, with a word-level tokenizer
+                                over the whole vocabulary (id i is the word "w<i>"), so every generated
+                                id is visible text when served (benchmarks time the first token by it).
+  make_gpu_model.py 70b OUT     Llama-3-70B shape (80 layers, 8192 hidden, GQA 64/8, 28672 inter), same.
   make_gpu_model.py smoke OUT   a small Llama (4 layers, 768 hidden, 12 heads / 6 KV heads, so
                                 TP 1, 2 and 3 are valid placements) with the test models' BPE
                                 tokenizer and chat template, bf16: enough for the serving smoke test.
@@ -28,12 +30,62 @@ def config(kind):
                            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
                            tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001)
+    if kind == "70b":
+        return LlamaConfig(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                           num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=8192,
+                           rms_norm_eps=1e-5, rope_theta=500000.0,
+                           rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                           tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001)
     if kind == "smoke":
         return LlamaConfig(vocab_size=320, hidden_size=768, intermediate_size=3072, num_hidden_layers=4,
                            num_attention_heads=12, num_key_value_heads=6, max_position_embeddings=4096,
                            rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
                            initializer_range=0.05, bos_token_id=0, eos_token_id=None)
-    sys.exit(f"unknown kind {kind!r}: use 8b or smoke")
+    sys.exit(f"unknown kind {kind!r}: use 8b, 70b or smoke")
+
+
+def word_tokenizer(out, vocab):
+    """A word-level tokenizer whose id i is the word "w<i>" (decodes to space-separated words)."""
+    import json
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "w128000", "eos_token": "w128001",
+        "chat_template": "{% for m in messages %}{{ m['content'] }} {% endfor %}"}))
+
+
+def write_by_layer(cfg, out, dev):
+    """Random bf16 weights (normal, std = initializer_range; norms 1) in transformers' names,
+    one safetensors file per layer plus the embeddings, with an index."""
+    import json
+    from safetensors.torch import save_file
+    out.mkdir(parents=True, exist_ok=True)
+    h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.hidden_size // cfg.num_attention_heads
+    kv = cfg.num_key_value_heads * hd
+    std = cfg.initializer_range
+    rnd = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16) * std
+    index = {}
+    def save(name, tensors):
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(out / name), metadata={"format": "pt"})
+        index.update({k: name for k in tensors})
+    save("embed.safetensors", {"model.embed_tokens.weight": rnd(cfg.vocab_size, h),
+                               "lm_head.weight": rnd(cfg.vocab_size, h),
+                               "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)})
+    for l in range(cfg.num_hidden_layers):
+        p = f"model.layers.{l}."
+        save(f"layer-{l:03d}.safetensors", {
+            p + "self_attn.q_proj.weight": rnd(h, h), p + "self_attn.k_proj.weight": rnd(kv, h),
+            p + "self_attn.v_proj.weight": rnd(kv, h), p + "self_attn.o_proj.weight": rnd(h, h),
+            p + "mlp.gate_proj.weight": rnd(i, h), p + "mlp.up_proj.weight": rnd(i, h),
+            p + "mlp.down_proj.weight": rnd(h, i),
+            p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16)})
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    cfg.torch_dtype = "bfloat16"
+    cfg.save_pretrained(out)
 
 
 def main():
@@ -46,14 +98,21 @@ def main():
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(dev):
-        model = LlamaForCausalLM(config(kind))
-    model.save_pretrained(out, max_shard_size="5GB")
-    if True:  # the test models' tokenizer (ids below 320): enough to serve either model
+    cfg = config(kind)
+    if kind == "70b":
+        # 141 GB: made one layer at a time on the GPU and written shard by shard.
+        write_by_layer(cfg, out, dev)
+    else:
+        with torch.device(dev):
+            model = LlamaForCausalLM(cfg)
+        model.save_pretrained(out, max_shard_size="5GB")
+    if kind == "smoke":  # the test models' BPE tokenizer and chat template
         src = ROOT / "tests" / "data" / "llama"
         for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
             if (src / f).exists():
                 shutil.copy(src / f, out / f)
+    else:
+        word_tokenizer(out, cfg.vocab_size)
     print(f"wrote {out}")
 
 

@@ -486,7 +486,8 @@ mod tests {
         assert!(llama.contains(&"attention_f16".to_string()));
         assert!(llama.contains(&"rms_norm_bf16".to_string()));
         assert!(llama.contains(&"rope_kv_bf16".to_string()));
-        assert_eq!(llama.len(), 9 + 3 * 9, "{llama:?}");
+        assert!(llama.contains(&"attention_prefill_bf16".to_string()));
+        assert_eq!(llama.len(), 9 + 3 * 10, "{llama:?}");
         assert_eq!(
             kernel_names(nvrtc::MODULES[1].1),
             ["sample_f32", "sample_bf16", "sample_f16"]

@@ -77,8 +77,10 @@ impl Default for Graphs {
 }
 
 /// A step's metadata, uploaded in one copy: token ids, positions, each token's
-/// offset into the concatenated block tables, its cache slot, the logits rows and
-/// the block tables.
+/// offset into the concatenated block tables, its cache slot, the logits rows, the
+/// tokens whose attention runs one block per token (`one`: decode tokens), the
+/// prefill tiles (4 ints each: first token, tokens, first position, table offset)
+/// and the block tables.
 #[derive(Default)]
 struct Meta {
     tok: Vec<i32>,
@@ -86,18 +88,27 @@ struct Meta {
     tab: Vec<i32>,
     slot: Vec<i32>,
     rows: Vec<i32>,
+    one: Vec<i32>,
+    tiles: Vec<i32>,
     blocks: Vec<i32>,
 }
 
-/// Device addresses of [`Meta`]'s parts.
+/// Device addresses of [`Meta`]'s parts, and the counts the launches need.
 struct MetaPtrs {
     tok: u64,
     pos: u64,
     tab: u64,
     slot: u64,
     rows: u64,
+    one: u64,
+    tiles: u64,
     blocks: u64,
+    n_one: usize,
+    n_tiles: usize,
 }
+
+/// Tokens per prefill attention tile (kernels/llama.cu's RR_TQ).
+const TILE_TOKENS: usize = 32;
 
 impl Meta {
     /// Pads to `n` tokens and rows: token 0 at position 0 reading the first table
@@ -105,6 +116,7 @@ impl Meta {
     fn pad(&mut self, n: usize) {
         while self.tok.len() < n {
             self.rows.push(self.tok.len() as i32);
+            self.one.push(self.tok.len() as i32);
             self.tok.push(0);
             self.pos.push(0);
             self.tab.push(0);
@@ -112,8 +124,10 @@ impl Meta {
         }
     }
 
+    /// Bytes of the most metadata `t` tokens, `r` rows and `blocks` table entries
+    /// can take (every token its own tile at worst).
     fn bytes(t: usize, r: usize, blocks: usize) -> usize {
-        (4 * t + r + blocks) * 4
+        (9 * t + r + blocks) * 4
     }
 
     fn pack(&self) -> Vec<i32> {
@@ -123,6 +137,8 @@ impl Meta {
             &self.tab,
             &self.slot,
             &self.rows,
+            &self.one,
+            &self.tiles,
             &self.blocks,
         ]
         .into_iter()
@@ -132,14 +148,24 @@ impl Meta {
     }
 
     fn ptrs(&self, base: u64) -> MetaPtrs {
-        let (t, r) = (self.tok.len() as u64, self.rows.len() as u64);
+        let mut at = base;
+        let mut next = |len: usize| {
+            let p = at;
+            at += 4 * len as u64;
+            p
+        };
+        let t = self.tok.len();
         MetaPtrs {
-            tok: base,
-            pos: base + 4 * t,
-            tab: base + 8 * t,
-            slot: base + 12 * t,
-            rows: base + 16 * t,
-            blocks: base + 16 * t + 4 * r,
+            tok: next(t),
+            pos: next(t),
+            tab: next(t),
+            slot: next(t),
+            rows: next(self.rows.len()),
+            one: next(self.one.len()),
+            tiles: next(self.tiles.len()),
+            blocks: next(self.blocks.len()),
+            n_one: self.one.len(),
+            n_tiles: self.tiles.len() / 4,
         }
     }
 }
@@ -593,9 +619,24 @@ impl CudaModel {
             None
         };
         let mut m = Meta::default();
+        let tiled = self.prefill_tiles();
         for c in chunks {
             let off = m.blocks.len() as i32;
             m.blocks.extend(c.table.0.iter().map(|&b| b as i32));
+            let first = m.tok.len();
+            if tiled && c.tokens.len() > 1 {
+                for (k, part) in c.tokens.chunks(TILE_TOKENS).enumerate() {
+                    let i = k * TILE_TOKENS;
+                    m.tiles.extend([
+                        (first + i) as i32,
+                        part.len() as i32,
+                        (c.start + i) as i32,
+                        off,
+                    ]);
+                }
+            } else {
+                m.one.extend((first..first + c.tokens.len()).map(|i| i as i32));
+            }
             for (i, &t) in c.tokens.iter().enumerate() {
                 let p = c.start + i;
                 let b = *c.table.0.get(p / bs).ok_or_else(|| {
@@ -714,10 +755,19 @@ impl CudaModel {
             tab: vec![0; n],
             slot: vec![-1; n],
             rows,
+            one: (0..n as i32).collect(),
+            tiles: vec![],
             blocks: vec![0],
         };
+        let tiled = self.prefill_tiles();
         for &n in prefill {
-            let m = padding(n, vec![n as i32 - 1]);
+            let mut m = padding(n, vec![n as i32 - 1]);
+            if tiled {
+                // One-token tiles at position 0: the prefill kernel runs and reads
+                // only the first table entry.
+                m.one.clear();
+                m.tiles = (0..n as i32).flat_map(|i| [i, 1, 0, 0]).collect();
+            }
             let at = self.upload_meta(&m)?;
             self.forward(n, 1, &at)?;
         }
@@ -729,6 +779,13 @@ impl CudaModel {
             }
         }
         self.gpu.sync()
+    }
+
+    /// Whether prefill chunks take the tiled attention kernel (head_dim % 4 == 0,
+    /// at most 128); otherwise every token takes the per-token kernel.
+    fn prefill_tiles(&self) -> bool {
+        let hd = self.cfg.head_dim;
+        hd.is_multiple_of(4) && hd <= 128
     }
 
     fn upload_meta(&mut self, m: &Meta) -> Result<MetaPtrs> {
@@ -863,19 +920,8 @@ impl CudaModel {
                     .i32(hd as i32)
                     .i32(qkvw as i32),
             )?;
-            self.gpu.launch(
-                &format!("attention_{}", self.dt.suffix()),
-                (t as u32, self.shard.heads as u32, 1),
-                ATTENTION_THREADS,
-                Args::new()
-                    .ptr(qkv)
-                    .ptr(kc.ptr)
-                    .ptr(vc.ptr)
-                    .ptr(attn)
-                    .ptr(at.pos)
-                    .ptr(at.tab)
-                    .ptr(at.blocks)
-                    .i32(self.shard.heads as i32)
+            let common = |args: Args| {
+                args.i32(self.shard.heads as i32)
                     .i32(self.shard.kv_heads as i32)
                     .i32(hd as i32)
                     .i32(qkvw as i32)
@@ -884,8 +930,42 @@ impl CudaModel {
                     .i32(self.shard.kv_start as i32)
                     .i32(bs as i32)
                     .f32(scale)
-                    .i32(window),
-            )?;
+                    .i32(window)
+            };
+            if at.n_one > 0 {
+                self.gpu.launch(
+                    &format!("attention_{}", self.dt.suffix()),
+                    (at.n_one as u32, self.shard.heads as u32, 1),
+                    ATTENTION_THREADS,
+                    common(
+                        Args::new()
+                            .ptr(qkv)
+                            .ptr(kc.ptr)
+                            .ptr(vc.ptr)
+                            .ptr(attn)
+                            .ptr(at.one)
+                            .ptr(at.pos)
+                            .ptr(at.tab)
+                            .ptr(at.blocks),
+                    ),
+                )?;
+            }
+            if at.n_tiles > 0 {
+                self.gpu.launch(
+                    &format!("attention_prefill_{}", self.dt.suffix()),
+                    (at.n_tiles as u32, self.shard.heads as u32, 1),
+                    256,
+                    common(
+                        Args::new()
+                            .ptr(qkv)
+                            .ptr(kc.ptr)
+                            .ptr(vc.ptr)
+                            .ptr(attn)
+                            .ptr(at.tiles)
+                            .ptr(at.blocks),
+                    ),
+                )?;
+            }
             self.row_parallel(t, nq, attn, &l.o, l.o_bias.as_ref(), y)?;
             self.rms_norm(x, y, &l.post_norm, a, t)?;
             let i2 = 2 * self.shard.inter;
