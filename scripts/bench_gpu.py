@@ -100,6 +100,13 @@ print(json.dumps(res))
 """
 
 
+def run_peers(model, a):
+    """transformers' batch-1 generate and generate_batch on the same weights and GPU."""
+    p = subprocess.run([sys.executable, "-c", PEERS, model, str(a.input_len), str(a.output_len), str(a.peer_prompts)],
+                       capture_output=True, text=True)
+    return json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"error": p.stderr[-500:]}
+
+
 def label(spec):
     tp, pp = placement(str(spec))
     return f"TP={tp}" + (f" PP={pp}" if pp > 1 else "")
@@ -140,6 +147,7 @@ def main():
     ap.add_argument("--tp", default="1,2", help="placements: TP sizes, or TPxPP (4x2)")
     ap.add_argument("--server-args", default="", help="extra rrank flags, space-separated")
     ap.add_argument("--plot-only", default=None, help="redraw the PNG from a bench-gpu.json")
+    ap.add_argument("--peers-only", action="store_true", help="only transformers' numbers (peers.json)")
     ap.add_argument("--concurrency", default="1,16,64,256")
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=256)
@@ -156,9 +164,17 @@ def main():
         return
     model = Path(a.model) if a.model else Path("/tmp/rrun-llama3-8b-random")
     if not (model / "config.json").exists():
+        if a.model:
+            # Never make the default 8B under a path the user named for another model.
+            raise SystemExit(f"no config.json in {model}: make it first (scripts/make_gpu_model.py 8b|70b {model})")
         subprocess.run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", "8b", model], check=True)
     global VOCAB
     VOCAB = min(VOCAB, json.loads((model / "config.json").read_text())["vocab_size"] - 1)
+    if a.peers_only:
+        peers = run_peers(model, a)
+        say("transformers:", peers)
+        (out / "peers.json").write_text(json.dumps(peers, indent=1))
+        return
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip().splitlines() if a.device == "cuda" else ["cpu"]
     result = {"gpu": gpu, "model": str(model), "input_len": a.input_len, "output_len": a.output_len, "tp": {}}
@@ -183,9 +199,7 @@ def main():
             f"TTFT p50 {r['ttft_p50_ms_low_load']:.1f} ms")
         result["tp"][tp] = r
     if a.peers:
-        p = subprocess.run([sys.executable, "-c", PEERS, model, str(a.input_len), str(a.output_len), str(a.peer_prompts)],
-                           capture_output=True, text=True)
-        result["transformers"] = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"error": p.stderr[-500:]}
+        result["transformers"] = run_peers(model, a)
         say("transformers:", result["transformers"])
     (out / "bench-gpu.json").write_text(json.dumps(result, indent=1))
     plot(result, out)
