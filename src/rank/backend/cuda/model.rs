@@ -138,7 +138,8 @@ impl Meta {
                     ]);
                 }
             } else {
-                m.one.extend((first..first + c.tokens.len()).map(|i| i as i32));
+                m.one
+                    .extend((first..first + c.tokens.len()).map(|i| i as i32));
             }
             for (i, &t) in c.tokens.iter().enumerate() {
                 let p = c.start + i;
@@ -1116,7 +1117,11 @@ mod tests {
         );
         assert_eq!(m.rows, [0, 70], "the last token of each chunk");
         assert_eq!(m.slot[1], 16 + 10, "position 10 is in the first block, 1");
-        assert_eq!(m.slot[70], 5 * 16 + 79 % 16, "position 79 in the fifth block, 5");
+        assert_eq!(
+            m.slot[70],
+            5 * 16 + 79 % 16,
+            "position 79 in the fifth block, 5"
+        );
         // Without tiles (head_dim not supported) every token is listed.
         let m = Meta::build(&chunks, 16, 8, 100, false).unwrap();
         assert_eq!(m.one.len(), 71);
@@ -1146,10 +1151,14 @@ mod tests {
     fn bad_positions_blocks_and_ids_are_errors() {
         let t = BlockTable(vec![1]);
         let past = Meta::build(&[chunk(&[1], 16, &t)], 16, 8, 100, true);
-        assert!(matches!(past, Err(GpuError::Run(e)) if e.contains("past the sequence's 1 blocks")));
+        assert!(
+            matches!(past, Err(GpuError::Run(e)) if e.contains("past the sequence's 1 blocks"))
+        );
         let t9 = BlockTable(vec![9]);
         let outside = Meta::build(&[chunk(&[1], 0, &t9)], 16, 8, 100, true);
-        assert!(matches!(outside, Err(GpuError::Run(e)) if e.contains("outside the 8-block cache")));
+        assert!(
+            matches!(outside, Err(GpuError::Run(e)) if e.contains("outside the 8-block cache"))
+        );
         let id = Meta::build(&[chunk(&[100], 0, &t)], 16, 8, 100, true);
         assert!(matches!(id, Err(GpuError::Run(e)) if e.contains("outside the vocabulary")));
     }
