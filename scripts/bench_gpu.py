@@ -66,6 +66,26 @@ def stop(p):
 VOCAB = 1000
 
 
+def step_counters(port):
+    """rrank's engine step counters from /metrics: {(family, kind): value}."""
+    import re
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(m.group(1), m.group(2)): float(m.group(3)) for m in
+            re.finditer(r'^rrun:(engine_step\w*)\{[^}]*kind="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def step_split(before, after):
+    """Per kind: steps, mean step time and mean tokens per step over a run."""
+    out = {}
+    for kind in ("decode", "prefill"):
+        d = lambda f: after.get((f, kind), 0.0) - before.get((f, kind), 0.0)
+        n = d("engine_steps_total")
+        out[kind] = {"steps": int(n), "mean_ms": 1e3 * d("engine_step_seconds_total") / n if n else 0.0,
+                     "tokens_per_step": d("engine_step_tokens_total") / n if n else 0.0,
+                     "seqs_per_step": d("engine_step_seqs_total") / n if n else 0.0}
+    return out
+
+
 def bench(bins, port, n, conc, ilen, olen, out):
     cmd = [bins / "rrun-bench", "--base-url", f"http://127.0.0.1:{port}", "--num-prompts", n, "--max-concurrency",
            conc, "--input-len", ilen, "--output-len", olen, "--vocab", VOCAB, "--result-json", out, "--quiet"]
@@ -188,11 +208,16 @@ def main():
                 r["ttft_p50_ms_low_load"] = one["ttft"]["p50_ms"]
                 r["concurrency"] = {}
                 for c in [int(x) for x in a.concurrency.split(",")]:
+                    before = step_counters(a.port)
                     b = bench(bins, a.port, max(2 * c, 8), c, a.input_len, a.output_len, out / f"tp{tp}-c{c}.json")
+                    steps = step_split(before, step_counters(a.port))
                     r["concurrency"][c] = {"output_tok_s": b["output_throughput"], "ttft_p50_ms": b["ttft"]["p50_ms"],
-                                           "tpot_p50_ms": b["tpot"]["p50_ms"], "failed": b["failed"]}
+                                           "tpot_p50_ms": b["tpot"]["p50_ms"], "failed": b["failed"], "steps": steps}
+                    sd, sp = steps["decode"], steps["prefill"]
                     say(f"tp{tp} concurrency {c}: {b['output_throughput']:.0f} output tok/s, TTFT p50 "
-                        f"{b['ttft']['p50_ms']:.1f} ms, TPOT p50 {b['tpot']['p50_ms']:.2f} ms")
+                        f"{b['ttft']['p50_ms']:.1f} ms, TPOT p50 {b['tpot']['p50_ms']:.2f} ms; steps: "
+                        f"{sd['steps']} decode-only ({sd['mean_ms']:.1f} ms, {sd['seqs_per_step']:.0f} seqs), "
+                        f"{sp['steps']} with prefill ({sp['mean_ms']:.1f} ms, {sp['tokens_per_step']:.0f} tokens)")
             finally:
                 stop(p)
         say(f"tp{tp}: cold start {cold:.2f} s, batch-1 decode {r['batch1_decode_tok_s']:.1f} tok/s, "

@@ -63,6 +63,7 @@ def server(request):
     # rrun exits 1 on SIGTERM, as torchrun does; every rank shut down cleanly.
     assert out.count("rrank: shut down") == 1, out
     assert "exitcode" not in out, out
+    assert re.search(r"rrank: steps: \d+ decode-only \(mean [\d.]+ ms", out), out
 
 
 def test_models_health_and_rank_gauges(server):
@@ -72,6 +73,29 @@ def test_models_health_and_rank_gauges(server):
     for r in range(server.n):
         assert re.search(rf'^rrun:rank_weight_bytes\{{rank="{r}"\}} [1-9]', text, re.M), text
         assert re.search(rf'^rrun:rank_kv_tokens\{{rank="{r}"\}} 4096$', text, re.M), text
+
+
+def step_counters(server):
+    text = urllib.request.urlopen(server.url + "/metrics").read().decode()
+    out = {}
+    for m in re.finditer(r'^rrun:(engine_step\w*)\{model_name="tiny",kind="(\w+)"\} (\S+)$', text, re.M):
+        out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+
+
+def test_step_timing_in_metrics(server):
+    before = step_counters(server)
+    assert len(before) == 8, before  # 4 families x {decode, prefill}
+    server.client.completions.create(model="tiny", prompt=list(range(3, 43)), max_tokens=6, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    after = step_counters(server)
+    d = {k: after[k] - before[k] for k in after}
+    # 40 prompt tokens in one prefill step (which draws the first token), then 5 decode steps.
+    assert d[("engine_steps_total", "prefill")] >= 1, d
+    assert d[("engine_step_tokens_total", "prefill")] >= 40, d
+    assert d[("engine_steps_total", "decode")] >= 5, d
+    assert d[("engine_step_seconds_total", "decode")] > 0, d
+    assert d[("engine_step_seqs_total", "decode")] >= 5, d
 
 
 def test_completion_matches_offline_greedy(server):

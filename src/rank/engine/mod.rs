@@ -30,6 +30,67 @@ pub struct Submit {
     pub events: UnboundedSender<Event>,
 }
 
+/// Steps of one kind: how many, their wall time (plan broadcast to tokens back on
+/// rank 0), and the tokens and sequences they carried.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct StepKind {
+    pub steps: u64,
+    pub seconds: f64,
+    pub tokens: u64,
+    pub seqs: u64,
+}
+
+impl StepKind {
+    fn add(&mut self, seconds: f64, tokens: usize, seqs: usize) {
+        self.steps += 1;
+        self.seconds += seconds;
+        self.tokens += tokens as u64;
+        self.seqs += seqs as u64;
+    }
+
+    fn describe(&self, what: &str) -> String {
+        let n = self.steps.max(1) as f64;
+        format!(
+            "{} {what} (mean {:.2} ms, {:.0} tokens, {:.0} sequences)",
+            self.steps,
+            self.seconds * 1e3 / n,
+            self.tokens as f64 / n,
+            self.seqs as f64 / n
+        )
+    }
+}
+
+/// Step timing split by kind: decode-only steps (one token per sequence) and steps
+/// that carry prefill chunks. Tells where serving time goes (/metrics and the
+/// shutdown line).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    pub decode: StepKind,
+    pub prefill: StepKind,
+}
+
+impl StepStats {
+    /// Records a step over `seqs` that took `seconds`.
+    pub fn record(&mut self, seqs: &[plan::PlanSeq], seconds: f64) {
+        let tokens: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let kind = if seqs.iter().any(|s| s.tokens.len() > 1) {
+            &mut self.prefill
+        } else {
+            &mut self.decode
+        };
+        kind.add(seconds, tokens, seqs.len());
+    }
+
+    /// One line for the log.
+    pub fn summary(&self) -> String {
+        format!(
+            "steps: {}, {}",
+            self.decode.describe("decode-only"),
+            self.prefill.describe("with prefill")
+        )
+    }
+}
+
 /// Numbers the HTTP side reads for /metrics.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -40,6 +101,7 @@ pub struct Stats {
     pub prefix_cache_hits: u64,
     pub prefix_cache_queries: u64,
     pub counters: scheduler::Counters,
+    pub steps: StepStats,
 }
 
 /// Rank 0's engine.
@@ -47,6 +109,7 @@ pub struct Engine {
     pub exec: Executor,
     pub sched: Scheduler,
     pub codec: Arc<TextCodec>,
+    pub steps: StepStats,
 }
 
 impl Engine {
@@ -60,6 +123,7 @@ impl Engine {
             prefix_cache_hits: self.sched.alloc.hits,
             prefix_cache_queries: self.sched.alloc.queries,
             counters: self.sched.counters.clone(),
+            steps: self.steps,
         }
     }
 
@@ -108,17 +172,67 @@ impl Engine {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
+            let t = std::time::Instant::now();
             if let Err(e) = comm.broadcast(&world, 0, Plan::Step(seqs.clone()).encode()) {
                 break Err(format!("broadcasting a step: {e}"));
             }
             match self.exec.step(comm, &seqs) {
-                Ok(Some(drawn)) => self.sched.update(&seqs, &drawn, &self.codec),
+                Ok(Some(drawn)) => {
+                    self.steps.record(&seqs, t.elapsed().as_secs_f64());
+                    self.sched.update(&seqs, &drawn, &self.codec)
+                }
                 Ok(None) => unreachable!("rank 0 receives the tokens"),
                 Err(e) => break Err(format!("step failed: {e}")),
             }
             *stats.lock().unwrap() = self.stats();
         };
         let _ = comm.broadcast(&world, 0, Plan::Shutdown.encode());
+        if self.steps.decode.steps + self.steps.prefill.steps > 0 {
+            eprintln!("rrank: {}", self.steps.summary());
+        }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rank::engine::sampler::SamplingParams;
+
+    fn seq(tokens: usize) -> plan::PlanSeq {
+        plan::PlanSeq {
+            id: 0,
+            tokens: vec![1; tokens],
+            start: 0,
+            blocks: vec![0],
+            sample: true,
+            params: SamplingParams::default(),
+            seed: 0,
+            step: 0,
+            logprobs: None,
+            history: None,
+        }
+    }
+
+    #[test]
+    fn steps_are_split_into_decode_only_and_prefill() {
+        let mut st = StepStats::default();
+        st.record(&[seq(1), seq(1)], 0.010);
+        st.record(&[seq(1), seq(1)], 0.020);
+        st.record(&[seq(1), seq(30)], 0.050);
+        assert_eq!(
+            st.decode,
+            StepKind {
+                steps: 2,
+                seconds: 0.030,
+                tokens: 4,
+                seqs: 4
+            }
+        );
+        assert_eq!((st.prefill.steps, st.prefill.tokens), (1, 31));
+        assert_eq!(
+            st.summary(),
+            "steps: 2 decode-only (mean 15.00 ms, 2 tokens, 2 sequences), 1 with prefill (mean 50.00 ms, 31 tokens, 2 sequences)"
+        );
     }
 }

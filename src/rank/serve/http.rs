@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::api::{self, ApiError, Kind, PromptIn};
 use crate::rank::engine::scheduler::{Event, Finish, StopReason};
-use crate::rank::engine::{Stats, Submit};
+use crate::rank::engine::{Stats, StepKind, Submit};
 use crate::rank::tokenizer::TextCodec;
 
 /// Largest accepted request body.
@@ -309,6 +309,41 @@ fn metrics(st: &AppState) -> String {
         "Tokens generated.",
         s.counters.generation_tokens.to_string(),
     );
+    let kinds = [("decode", &s.steps.decode), ("prefill", &s.steps.prefill)];
+    type Field = fn(&StepKind) -> String;
+    let families: [(&str, &str, Field); 4] = [
+        (
+            "engine_steps_total",
+            "Engine steps (decode: one token per sequence; prefill: with prompt chunks).",
+            |k| k.steps.to_string(),
+        ),
+        (
+            "engine_step_seconds_total",
+            "Wall time of engine steps, plan broadcast to tokens back.",
+            |k| format!("{:.6}", k.seconds),
+        ),
+        (
+            "engine_step_tokens_total",
+            "Tokens fed to the model in engine steps.",
+            |k| k.tokens.to_string(),
+        ),
+        (
+            "engine_step_seqs_total",
+            "Sequences in engine steps.",
+            |k| k.seqs.to_string(),
+        ),
+    ];
+    for (metric, help, field) in families {
+        out.push_str(&format!(
+            "# HELP rrun:{metric} {help}\n# TYPE rrun:{metric} counter\n"
+        ));
+        for (kind, k) in kinds {
+            out.push_str(&format!(
+                "rrun:{metric}{{model_name=\"{name}\",kind=\"{kind}\"}} {}\n",
+                field(k)
+            ));
+        }
+    }
     out.push_str(&st.latency.lock().unwrap().render(name));
     for line in st.gauges.lock().unwrap().iter() {
         out.push_str(line);

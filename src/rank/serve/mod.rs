@@ -166,6 +166,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         .collect();
     let eos = cfg.eos_token_ids.clone();
     let mut eng = Engine {
+        steps: Default::default(),
         exec,
         sched: Scheduler::new(
             BlockAllocator::with_prefix_caching(blocks, bs, !serve.no_enable_prefix_caching),
