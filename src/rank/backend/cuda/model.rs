@@ -262,8 +262,9 @@ pub struct CudaModel {
     pub gpu: Gpu,
 }
 
-/// The workspace buffer `name`, reallocated (and `epoch` bumped, which retires
-/// the captured CUDA graphs) when it is smaller than `bytes`.
+/// The workspace buffer `name`, reallocated when it is smaller than `bytes` (and
+/// `epoch` bumped, which retires the captured CUDA graphs, unless only sampling
+/// uses the buffer).
 fn grow(
     gpu: &Gpu,
     ws: &mut HashMap<&'static str, DevBuf>,
@@ -277,7 +278,10 @@ fn grow(
     {
         return Ok(b.ptr);
     }
-    *epoch += 1;
+    // Sampling's buffers are used outside the graphs; the others are captured in them.
+    if !matches!(name, "draws" | "pens" | "work" | "out") {
+        *epoch += 1;
+    }
     ws.remove(name);
     let b = gpu.alloc(bytes)?;
     let p = b.ptr;
