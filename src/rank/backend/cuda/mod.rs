@@ -145,6 +145,9 @@ impl Args {
 /// GEMMs of at most this many token rows go through tuned cuBLASLt plans ([`lt`]).
 const LT_MAX_M: usize = 64;
 
+/// Bytes overwritten to empty the L2 cache (50 MB on H100; 128 MiB covers larger ones).
+const L2_FLUSH: usize = 128 << 20;
+
 /// Bytes of cuBLAS's workspace (NVIDIA recommends 32 MiB on Hopper).
 const BLAS_WORKSPACE: usize = 32 << 20;
 
@@ -162,6 +165,8 @@ pub struct Gpu {
     blas_workspace: DevBuf,
     /// cuBLASLt plans for decode-sized GEMMs (`RRANK_CUBLASLT=0`: cublasGemmEx only).
     lt: Option<lt::Lt>,
+    /// What the cuBLASLt tuner overwrites to empty the L2 cache between timed runs.
+    lt_flush: DevBuf,
     pub stream: Arc<CudaStream>,
     pub ctx: Arc<CudaContext>,
 }
@@ -242,6 +247,7 @@ impl Gpu {
             funcs,
             blas_workspace: DevBuf { ptr: 0, bytes: 0 },
             lt: None,
+            lt_flush: DevBuf { ptr: 0, bytes: 0 },
             stream,
             ctx,
         };
@@ -260,7 +266,12 @@ impl Gpu {
             return Err(GpuError::Run(format!("cublasSetWorkspace: {st:?}")));
         }
         if std::env::var("RRANK_CUBLASLT").as_deref() != Ok("0") {
-            gpu.lt = lt::Lt::new(gpu.blas_workspace.ptr, BLAS_WORKSPACE);
+            gpu.lt_flush = gpu.alloc(L2_FLUSH)?;
+            gpu.lt = lt::Lt::new(
+                gpu.blas_workspace.ptr,
+                BLAS_WORKSPACE,
+                (gpu.lt_flush.ptr, L2_FLUSH),
+            );
         }
         Ok(gpu)
     }
