@@ -167,7 +167,7 @@ impl Executor {
         if rank == sampler {
             drawn = out.expect("the sampling rank gets the draws").sampled;
             if sampler != 0 {
-                comm.send(0, &serde_json::to_vec(&drawn).expect("serializable"))?;
+                comm.send(0, &postcard::to_allocvec(&drawn).expect("serializable"))?;
             }
         }
         if rank != 0 {
@@ -175,7 +175,7 @@ impl Executor {
         }
         if sampler != 0 {
             let b = comm.recv(sampler)?;
-            drawn = serde_json::from_slice(&b)
+            drawn = postcard::from_bytes(&b)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
         Ok(Some(drawn))
