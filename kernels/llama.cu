@@ -427,68 +427,80 @@ template <typename T> __device__ void gather_rows_impl(const T *x, const int *ro
     }
 RR_FOR_TYPES(GATHER_ROWS)
 
-// ---- y[m, n] = x[m, k] · w[n, k]ᵀ for the few token rows of a decode step (m <= 8):
-// one warp per output row streams the weight row once in 16-byte loads and dots it with
-// every token row (which stay in L1/L2). cuBLAS does larger m. Needs k % 8 == 0 and
-// 16-byte aligned rows.
-#define RR_GEMV_MAX_M 8
-template <typename T> __device__ __forceinline__ void load8(const T *p, float *f) {
-    if constexpr (sizeof(T) == 2) {
-        uint4 u = *reinterpret_cast<const uint4 *>(p);
-        const T *e = reinterpret_cast<const T *>(&u);
+// ---- y[m, n] = x[m, k] · w[n, k]ᵀ for the few token rows of a decode step (m <= MAXM):
+// one warp per output row streams the weight row once, four 16-byte loads in flight per
+// lane (kept as raw words until used), and dots it with every token row (which stay in
+// L1/L2). Compiled for MAXM = 1, 2, 4 and 8 so the register count follows m (one kernel
+// for m <= 8 needed 107 registers, which left two 256-thread blocks per SM). Needs k % 8 == 0 and 16-byte aligned rows.
+// 8 consecutive elements as raw 16-byte words (one for 16-bit types, two for f32), and
+// unpacked to floats; the weights stay raw until used, which keeps registers down.
+template <typename T> struct Raw8 {
+    uint4 v[sizeof(T) == 2 ? 1 : 2];
+};
+template <typename T> __device__ __forceinline__ Raw8<T> ld8(const T *p) {
+    Raw8<T> r;
 #pragma unroll
-        for (int i = 0; i < 8; i++) f[i] = tof(e[i]);
-    } else {
-        uint4 u0 = *reinterpret_cast<const uint4 *>(p), u1 = *(reinterpret_cast<const uint4 *>(p) + 1);
-        const T *e0 = reinterpret_cast<const T *>(&u0), *e1 = reinterpret_cast<const T *>(&u1);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            f[i] = tof(e0[i]);
-            f[4 + i] = tof(e1[i]);
-        }
-    }
+    for (int i = 0; i < (int)(sizeof(r.v) / sizeof(uint4)); i++) r.v[i] = reinterpret_cast<const uint4 *>(p)[i];
+    return r;
 }
-template <typename T> __device__ void gemv_impl(const T *x, const T *w, T *y, int m, int n, int k) {
+template <typename T> __device__ __forceinline__ void unpack8(const Raw8<T> &r, float *f) {
+    const T *e = reinterpret_cast<const T *>(r.v);
+#pragma unroll
+    for (int i = 0; i < 8; i++) f[i] = tof(e[i]);
+}
+template <typename T> __device__ __forceinline__ void load8(const T *p, float *f) { unpack8(ld8(p), f); }
+template <typename T, int MAXM>
+__device__ void gemv_impl(const T *x, const T *w, T *y, int m, int n, int k) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row = blockIdx.x * (blockDim.x >> 5) + warp;
     if (row >= n) return;
     const T *wr = w + (i64)row * k;
-    float acc[RR_GEMV_MAX_M];
+    float acc[MAXM];
 #pragma unroll
-    for (int r = 0; r < RR_GEMV_MAX_M; r++) acc[r] = 0.f;
-    // Four 16-byte weight loads in flight per lane before any arithmetic.
+    for (int r = 0; r < MAXM; r++) acc[r] = 0.f;
     for (int c0 = lane * 8; c0 < k; c0 += 256 * 4) {
-        float wf[4][8];
+        Raw8<T> wraw[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int c = c0 + u * 256;
-            if (c < k) load8(wr + c, wf[u]);
+            if (c < k) wraw[u] = ld8(wr + c);
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int c = c0 + u * 256;
             if (c >= k) break;
+            float wf[8];
+            unpack8(wraw[u], wf);
 #pragma unroll
-            for (int r = 0; r < RR_GEMV_MAX_M; r++) {
+            for (int r = 0; r < MAXM; r++) {
                 if (r < m) {
                     float xf[8];
                     load8(x + (i64)r * k + c, xf);
 #pragma unroll
-                    for (int i = 0; i < 8; i++) acc[r] += wf[u][i] * xf[i];
+                    for (int i = 0; i < 8; i++) acc[r] += wf[i] * xf[i];
                 }
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < RR_GEMV_MAX_M; r++) {
+    for (int r = 0; r < MAXM; r++) {
         if (r < m) {
             float s = warp_sum(acc[r]);
             if (lane == 0) y[(i64)r * n + row] = fromf<T>(s);
         }
     }
 }
-#define GEMV(S, T)                                                                            \
-    extern "C" __global__ void gemv_##S(const T *x, const T *w, T *y, int m, int n, int k) {  \
-        gemv_impl<T>(x, w, y, m, n, k);                                                       \
+#define GEMV(S, T)                                                                             \
+    extern "C" __global__ void gemv1_##S(const T *x, const T *w, T *y, int m, int n, int k) {  \
+        gemv_impl<T, 1>(x, w, y, m, n, k);                                                     \
+    }                                                                                          \
+    extern "C" __global__ void gemv2_##S(const T *x, const T *w, T *y, int m, int n, int k) {  \
+        gemv_impl<T, 2>(x, w, y, m, n, k);                                                     \
+    }                                                                                          \
+    extern "C" __global__ void gemv4_##S(const T *x, const T *w, T *y, int m, int n, int k) {  \
+        gemv_impl<T, 4>(x, w, y, m, n, k);                                                     \
+    }                                                                                          \
+    extern "C" __global__ void gemv8_##S(const T *x, const T *w, T *y, int m, int n, int k) {  \
+        gemv_impl<T, 8>(x, w, y, m, n, k);                                                     \
     }
 RR_FOR_TYPES(GEMV)

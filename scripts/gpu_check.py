@@ -260,15 +260,19 @@ def decode(bins, tmp, n_gpus, model):
     check("decode GEMV kernel (bf16, 8B shape, first decode step)", e_g <= 1.5 * e_c + 0.05,
           f"max |logit diff| to float32: GEMV {e_g:.3f}, cuBLAS {e_c:.3f}; argmax GEMV {am('gemv')}, cuBLAS {am('cublas')}, "
           f"float32 {am('f32')}")
+    variants = [("tuned (cuBLASLt candidates + GEMV), CUDA graphs", {}, False),
+                ("tuned cuBLASLt, no GEMV, CUDA graphs", {"RRANK_GEMV": "0"}, False),
+                ("cublasGemmEx, CUDA graphs", {"RRANK_GEMV": "0", "RRANK_CUBLASLT": "0"}, False),
+                ("GEMV for every decode GEMM, CUDA graphs", {"RRANK_GEMV": "1"}, False),
+                ("tuned, eager", {}, True)]
     for tp in ([1, 2] if n_gpus >= 2 else [1]):
-        for lt, eager in (("1", False), ("0", False), ("1", True)):
+        for label, env, eager in variants:
             p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", tp, bins / "rrank", "generate", "--model", model,
                         "-tp", tp, "--prompt-ids", "1,2,3,4,5,6,7,8", "--max-tokens", 256, "--ignore-eos",
                         *(["--enforce-eager"] if eager else [])],
-                       env=dict(os.environ, RRANK_CUBLASLT=lt))
+                       env=dict(os.environ, **env))
             line = [l for l in p.stderr.splitlines() if "generated tokens" in l or "warning" in l]
-            say(f"decode speed tp{tp} {'tuned cuBLASLt' if lt == '1' else 'cublasGemmEx'} "
-                f"{'eager' if eager else 'CUDA graphs'}: {line[:2]}")
+            say(f"decode speed tp{tp} {label}: {line[:2]}")
 
 
 def refusals(bins, tmp, model8b):

@@ -110,6 +110,9 @@ pub struct KernelsArgs {
     /// Target architectures, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "sm_80,sm_90")]
     pub arch: Vec<String>,
+    /// Report each kernel's registers, shared memory and spills (ptxas -v) instead.
+    #[arg(long)]
+    pub resources: bool,
 }
 
 /// `rrank generate`.

@@ -64,6 +64,14 @@ fn kernels(k: &cli::KernelsArgs) -> Result<(), RankError> {
     use backend::cuda::libs::{self, Lib};
     libs::ensure(&[Lib::Nvrtc]).map_err(RankError::Invalid)?;
     let (ma, mi) = backend::cuda::nvrtc::version().map_err(RankError::Runtime)?;
+    if k.resources {
+        for arch in &k.arch {
+            for line in backend::cuda::nvrtc::resources(arch).map_err(RankError::Runtime)? {
+                println!("{arch} {line}");
+            }
+        }
+        return Ok(());
+    }
     for arch in &k.arch {
         for (name, bytes, cached) in
             backend::cuda::nvrtc::compile_all(arch).map_err(RankError::Runtime)?

@@ -42,6 +42,8 @@ struct Plan {
     /// Fastest first; `tuned` once timed.
     algos: Vec<lt::cublasLtMatmulAlgo_t>,
     tuned: bool,
+    /// The caller's GEMV kernel timed faster than every algorithm.
+    use_gemv: bool,
     /// The shape runs through cublasGemmEx instead.
     unusable: bool,
 }
@@ -109,6 +111,7 @@ impl Plan {
                 c,
                 algos: vec![],
                 tuned: false,
+                use_gemv: false,
                 unusable: false,
             };
             ok(set)?;
@@ -155,7 +158,9 @@ impl Lt {
     }
 
     /// Enqueues the product on `stream`; `false` when cuBLASLt cannot do this shape
-    /// (the caller then uses cublasGemmEx).
+    /// (the caller then uses cublasGemmEx). `gemv`, when given, launches the caller's
+    /// own kernel for the same product: it is timed with the candidates and used
+    /// instead where it is the fastest.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -168,6 +173,7 @@ impl Lt {
         x: u64,
         w: u64,
         y: u64,
+        gemv: Option<&dyn Fn() -> bool>,
     ) -> bool {
         let key = Key {
             dt: dt as u8,
@@ -195,7 +201,13 @@ impl Lt {
             .ok()
             .is_none_or(|s| s != drv_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
         if !plan.tuned && !capturing {
-            self.tune(plan, ctx, stream, x, w, y);
+            self.tune(plan, ctx, stream, x, w, y, gemv);
+        }
+        if plan.use_gemv
+            && let Some(g) = gemv
+            && g()
+        {
+            return true;
         }
         let Some(algo) = plan.algos.first() else {
             return false;
@@ -279,6 +291,7 @@ impl Lt {
 
     /// Times every candidate on the real operands, each run with a cold L2 (y is
     /// overwritten; the caller writes it again right after), and puts the fastest first.
+    #[allow(clippy::too_many_arguments)]
     fn tune(
         &self,
         p: &mut Plan,
@@ -287,37 +300,44 @@ impl Lt {
         x: u64,
         w: u64,
         y: u64,
+        gemv: Option<&dyn Fn() -> bool>,
     ) {
         p.tuned = true;
         let timing = Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT);
         let (Ok(start), Ok(end)) = (ctx.new_event(timing), ctx.new_event(timing)) else {
             return;
         };
-        let mut best: Option<(f32, usize)> = None;
-        'algos: for (i, algo) in p.algos.iter().enumerate() {
-            if self.run(p, algo, stream, x, w, y).is_err() {
-                continue;
+        // Milliseconds of REPS cold-L2 runs of `run`, or None if a run failed.
+        let time = |run: &dyn Fn() -> bool| -> Option<f32> {
+            if !run() {
+                return None;
             }
             let mut total = 0f32;
             for _ in 0..REPS {
                 // SAFETY: the flush buffer holds `flush.1` bytes and is used by nothing else.
-                let cleared = unsafe {
-                    drv::memset_d8_async(self.flush.0, 0, self.flush.1, stream.cu_stream())
-                };
-                if cleared.is_err() || start.record(stream).is_err() {
-                    return;
+                unsafe { drv::memset_d8_async(self.flush.0, 0, self.flush.1, stream.cu_stream()) }
+                    .ok()?;
+                start.record(stream).ok()?;
+                if !run() {
+                    return None;
                 }
-                if self.run(p, algo, stream, x, w, y).is_err() || end.record(stream).is_err() {
-                    continue 'algos;
-                }
-                match start.elapsed_ms(&end) {
-                    Ok(ms) => total += ms,
-                    Err(_) => continue 'algos,
-                }
+                end.record(stream).ok()?;
+                total += start.elapsed_ms(&end).ok()?;
             }
-            if best.is_none_or(|(b, _)| total < b) {
-                best = Some((total, i));
+            Some(total)
+        };
+        let mut best: Option<(f32, usize)> = None;
+        for (i, algo) in p.algos.iter().enumerate() {
+            if let Some(ms) = time(&|| self.run(p, algo, stream, x, w, y).is_ok())
+                && best.is_none_or(|(b, _)| ms < b)
+            {
+                best = Some((ms, i));
             }
+        }
+        if let Some(g) = gemv
+            && let Some(ms) = time(g)
+        {
+            p.use_gemv = best.is_none_or(|(b, _)| ms < b);
         }
         if let Some((_, i)) = best {
             p.algos.swap(0, i);

@@ -151,14 +151,24 @@ const L2_FLUSH: usize = 128 << 20;
 /// Bytes of cuBLAS's workspace (NVIDIA recommends 32 MiB on Hopper).
 const BLAS_WORKSPACE: usize = 32 << 20;
 
+/// When the decode GEMV kernel runs instead of cuBLAS(Lt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GemvMode {
+    /// `RRANK_GEMV=1`: for every GEMM it can do (m <= 8, 16-bit, aligned).
+    Always,
+    /// `RRANK_GEMV=0`.
+    Never,
+    /// Default: where the cuBLASLt tuner timed it fastest.
+    Tuned,
+}
+
 /// One rank's GPU: context, stream, cuBLAS handle and loaded kernels.
 pub struct Gpu {
     pub ordinal: usize,
     pub name: String,
     pub total_mem: usize,
-    /// Use the decode GEMV kernel (`RRANK_GEMV=1`). Off by default: on 1×H100 with the
-    /// 8B shape it decoded at 58.8 tok/s against cuBLAS's 69.0 (not yet unrolled).
-    gemv: bool,
+    /// When decode GEMMs take the GEMV kernel (`RRANK_GEMV`).
+    gemv: GemvMode,
     blas: blas_sys::cublasHandle_t,
     funcs: HashMap<String, drv_sys::CUfunction>,
     /// cuBLAS's workspace (set once, so GEMMs can be captured in CUDA graphs).
@@ -242,7 +252,11 @@ impl Gpu {
             ordinal: local_rank,
             name,
             total_mem,
-            gemv: std::env::var("RRANK_GEMV").as_deref() == Ok("1"),
+            gemv: match std::env::var("RRANK_GEMV").as_deref() {
+                Ok("1") => GemvMode::Always,
+                Ok("0") => GemvMode::Never,
+                _ => GemvMode::Tuned,
+            },
             blas,
             funcs,
             blas_workspace: DevBuf { ptr: 0, bytes: 0 },
@@ -372,6 +386,24 @@ impl Gpu {
         self.launch(name, (blocks, 1, 1), 256, args)
     }
 
+    /// The GEMV kernel compiled for the smallest row count of 1, 2, 4, 8 that holds `m`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(&self, dt: DType, m: usize, n: usize, k: usize, x: u64, w: u64, y: u64) -> Result<()> {
+        let rows = [1, 2, 4, 8].into_iter().find(|&r| r >= m).unwrap_or(8);
+        self.launch(
+            &format!("gemv{rows}_{}", dt.suffix()),
+            (n.div_ceil(8) as u32, 1, 1),
+            256,
+            Args::new()
+                .ptr(x)
+                .ptr(w)
+                .ptr(y)
+                .i32(m as i32)
+                .i32(n as i32)
+                .i32(k as i32),
+        )
+    }
+
     /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major, the weight as stored by HF), f32 accumulate.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
@@ -387,33 +419,24 @@ impl Gpu {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        // Decode steps (a few token rows, 16-bit weights) may use the weight-streaming
-        // kernel (opt-in, see `gemv`); cuBLAS otherwise.
-        if m <= 8
-            && dt != DType::F32
-            && k.is_multiple_of(8)
-            && (x | w | y).is_multiple_of(16)
-            && self.gemv
-        {
-            return self.launch(
-                &format!("gemv_{}", dt.suffix()),
-                (n.div_ceil(8) as u32, 1, 1),
-                256,
-                Args::new()
-                    .ptr(x)
-                    .ptr(w)
-                    .ptr(y)
-                    .i32(m as i32)
-                    .i32(n as i32)
-                    .i32(k as i32),
-            );
+        // Decode steps (a few token rows, 16-bit weights) may take the weight-streaming
+        // GEMV kernel: always with RRANK_GEMV=1, never with 0, and by default where the
+        // cuBLASLt tuner timed it faster than every cuBLASLt candidate for the shape.
+        let gemv_ok =
+            m <= 8 && dt != DType::F32 && k.is_multiple_of(8) && (x | w | y).is_multiple_of(16);
+        let gemv = || self.gemv(dt, m, n, k, x, w, y).is_ok();
+        if gemv_ok && self.gemv == GemvMode::Always {
+            return self.gemv(dt, m, n, k, x, w, y);
         }
         if m <= LT_MAX_M
             && dt != DType::F32
             && let Some(lt) = &self.lt
-            && lt.gemm(&self.ctx, &self.stream, dt, m, n, k, x, w, y)
         {
-            return Ok(());
+            let candidate: Option<&dyn Fn() -> bool> =
+                (gemv_ok && self.gemv == GemvMode::Tuned).then_some(&gemv);
+            if lt.gemm(&self.ctx, &self.stream, dt, m, n, k, x, w, y, candidate) {
+                return Ok(());
+            }
         }
         let (alpha, beta) = (1f32, 0f32);
         // SAFETY: buffers sized by the caller; column-major view: yᵀ = w · xᵀ.
@@ -498,7 +521,8 @@ mod tests {
         assert!(llama.contains(&"rms_norm_bf16".to_string()));
         assert!(llama.contains(&"rope_kv_bf16".to_string()));
         assert!(llama.contains(&"attention_prefill_bf16".to_string()));
-        assert_eq!(llama.len(), 9 + 3 * 10, "{llama:?}");
+        assert!(llama.contains(&"gemv1_bf16".to_string()));
+        assert_eq!(llama.len(), 9 + 3 * 9 + 3 * 4, "{llama:?}");
         assert_eq!(
             kernel_names(nvrtc::MODULES[1].1),
             ["sample_f32", "sample_bf16", "sample_f16"]

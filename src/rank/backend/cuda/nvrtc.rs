@@ -100,6 +100,11 @@ pub fn compile(name: &str, src: &str, arch: &str, include: &Path) -> Result<Imag
 }
 
 fn compile_uncached(name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>, String> {
+    compile_with_log(name, src, opts).map(|(cubin, _)| cubin)
+}
+
+/// The CUBIN and the program log of a compile (ptxas's report with `--ptxas-options=-v`).
+fn compile_with_log(name: &str, src: &str, opts: &[String]) -> Result<(Vec<u8>, String), String> {
     let csrc = CString::new(src).map_err(|_| format!("kernel {name} contains a NUL byte"))?;
     let cname = CString::new(name).expect("module names have no NUL");
     let prog = result::create_program(&csrc, Some(&cname))
@@ -107,20 +112,17 @@ fn compile_uncached(name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>, S
     // SAFETY: `prog` is a live program until destroy_program below.
     unsafe {
         let compiled = result::compile_program(prog, opts);
+        let log = result::get_program_log(prog)
+            .map(|l| {
+                let b: Vec<u8> = l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                String::from_utf8_lossy(&b).into_owned()
+            })
+            .unwrap_or_default();
         let r = match compiled {
-            Err(e) => {
-                let log = result::get_program_log(prog)
-                    .map(|l| {
-                        let b: Vec<u8> =
-                            l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
-                        String::from_utf8_lossy(&b).into_owned()
-                    })
-                    .unwrap_or_default();
-                Err(format!(
-                    "kernel module {name} did not compile ({e:?}) with {}:\n{log}",
-                    opts.join(" ")
-                ))
-            }
+            Err(e) => Err(format!(
+                "kernel module {name} did not compile ({e:?}) with {}:\n{log}",
+                opts.join(" ")
+            )),
             Ok(()) => {
                 let mut size = 0usize;
                 match sys::nvrtcGetCUBINSize(prog, &mut size).result() {
@@ -129,7 +131,7 @@ fn compile_uncached(name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>, S
                         let mut buf = vec![0u8; size];
                         sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _)
                             .result()
-                            .map(|_| buf)
+                            .map(|_| (buf, log))
                             .map_err(|e| format!("nvrtcGetCUBIN for {name}: {e:?}"))
                     }
                 }
@@ -150,4 +152,72 @@ pub fn compile_all(arch: &str) -> Result<Vec<(String, usize, bool)>, String> {
                 .map(|img| (name.to_string(), img.cubin.len(), img.cached))
         })
         .collect()
+}
+
+/// Registers, shared memory and spills of every kernel for `arch`, from ptxas's report
+/// (`rrank kernels --resources`): one line per kernel, e.g.
+/// `attention_bf16: 62 registers, 33152 bytes shared, 0 bytes spilled`.
+pub fn resources(arch: &str) -> Result<Vec<String>, String> {
+    let include = super::libs::include_dir()?;
+    let mut opts = options(arch, &include);
+    opts.push("--ptxas-options=-v".into());
+    let mut out = vec![];
+    for (name, src) in MODULES {
+        let (_, log) = compile_with_log(name, &full_source(src), &opts)?;
+        out.extend(parse_ptxas(&log));
+    }
+    Ok(out)
+}
+
+/// Turns ptxas's `-v` report into one line per kernel.
+fn parse_ptxas(log: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut kernel = String::new();
+    let mut spill = String::from("0");
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            kernel = rest.split('\'').next().unwrap_or("").to_string();
+        } else if let Some(before) = line.split(" bytes spill stores").next()
+            && line.contains(" bytes spill stores")
+        {
+            spill = before.rsplit(',').next().unwrap_or("?").trim().to_string();
+        } else if let Some(rest) = line.split("Used ").nth(1) {
+            let regs = rest.split(" registers").next().unwrap_or("?");
+            let smem = line
+                .split(", ")
+                .find(|p| p.ends_with(" bytes smem"))
+                .map(|p| p.trim_end_matches(" bytes smem"))
+                .unwrap_or("0");
+            out.push(format!(
+                "{kernel}: {regs} registers, {smem} bytes shared, {spill} bytes spilled"
+            ));
+            spill = String::from("0");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptxas_report_becomes_one_line_per_kernel() {
+        let log = "ptxas info    : 0 bytes gmem\n\
+ptxas info    : Compiling entry function 'attention_bf16' for 'sm_90'\n\
+ptxas info    : Function properties for attention_bf16\n\
+    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n\
+ptxas info    : Used 72 registers, used 1 barriers, 33152 bytes smem, 464 bytes cmem[0]\n\
+ptxas info    : Compiling entry function 'add_f32' for 'sm_90'\n\
+ptxas info    : Function properties for add_f32\n\
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+ptxas info    : Used 10 registers, 376 bytes cmem[0]\n";
+        assert_eq!(
+            parse_ptxas(log),
+            [
+                "attention_bf16: 72 registers, 33152 bytes shared, 4 bytes spilled",
+                "add_f32: 10 registers, 0 bytes shared, 0 bytes spilled"
+            ]
+        );
+    }
 }
