@@ -42,6 +42,58 @@ fn every_kernel_compiles_with_nvrtc() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("from the cache"));
 }
 
+/// Threads per block each kernel is launched with at most (src/rank/backend/cuda).
+fn launch_threads(kernel: &str) -> u64 {
+    let base = kernel.rsplit_once('_').map_or(kernel, |(b, _)| b);
+    match base {
+        // launch_rows: up to one thread per column, at most 1024; sampling: 1024.
+        "embed" | "rms_norm" | "rope_kv" | "gather_rows" | "sample" => 1024,
+        "attention" => 512,
+        _ => 256,
+    }
+}
+
+#[test]
+#[ignore = "needs the test venv's NVRTC wheel (RRUN_TEST_PYTHON); run by scripts/test.sh"]
+fn every_kernel_fits_its_launch_and_spills_nothing() {
+    let out = Command::new(rrank())
+        .args(["kernels", "--arch", "sm_80,sm_90", "--resources"])
+        .env("RRUN_PYTHON", torch_python())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seen = 0;
+    for line in stdout.lines() {
+        // "sm_90 attention_bf16: 62 registers, 16512 bytes shared, 0 bytes spilled"
+        let (head, rest) = line.split_once(": ").expect(line);
+        let kernel = head.split_whitespace().nth(1).expect(line);
+        let nums: Vec<u64> = rest
+            .split(", ")
+            .map(|p| p.split_whitespace().next().unwrap().parse().expect(line))
+            .collect();
+        let (regs, shared, spilled) = (nums[0], nums[1], nums[2]);
+        let threads = launch_threads(kernel);
+        assert!(
+            regs * threads <= 65536,
+            "{line}: {threads} threads need at most {} registers each",
+            65536 / threads
+        );
+        assert!(
+            shared <= 48 * 1024,
+            "{line}: over 48 KiB of static shared memory"
+        );
+        assert_eq!(spilled, 0, "{line}");
+        seen += 1;
+    }
+    // Both architectures, every kernel of both modules.
+    assert!(seen >= 2 * 51, "{stdout}");
+}
+
 #[test]
 fn no_gpu_is_one_clear_line_and_exit_2() {
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/llama");
