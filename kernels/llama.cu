@@ -136,14 +136,14 @@ __device__ void rope_kv_impl(T *qkv, T *kc, T *vc, const int *pos, const int *sl
 RR_FOR_TYPES(ROPE_KV)
 
 // ---- paged attention: one block per (listed token, query head) — decode tokens, and every
-// token when the tiled prefill kernel below does not apply; its warps (at most 16) take
+// token when the tiled prefill kernel below does not apply; its warps (at most 32) take
 // runs of RR_ATT_U consecutive keys of the token's sequence up to its own position
 // (causal), read through the block table, so each lane has RR_ATT_U keys' loads in
 // flight; each warp keeps an online softmax and warp 0 merges them in a fixed order.
 // Works for prefill chunks (with cached prefixes) and decode tokens in one launch.
 // head_dim <= 256; lane l holds dims l, l+32, ...
 #define RR_ATT_U 4
-#define RR_ATT_WARPS 16
+#define RR_ATT_WARPS 32
 template <typename T>
 __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, const int *toks,
                                const int *tok_pos, const int *tok_tab, const int *blocks,
@@ -244,7 +244,7 @@ __device__ void attention_impl(const T *qkv, const T *kc, const T *vc, T *out, c
     }
 }
 #define ATTENTION(S, T)                                                                          \
-    extern "C" __global__ void attention_##S(                                                   \
+    extern "C" __global__ __launch_bounds__(1024) void attention_##S(                          \
         const T *qkv, const T *kc, const T *vc, T *out, const int *toks, const int *tok_pos,     \
         const int *tok_tab, const int *blocks, int heads, int kvh_local, int hd, int stride,     \
         int q_start, int group, int kv_start, int bs, float scale, int window) {                 \

@@ -48,7 +48,8 @@ fn launch_threads(kernel: &str) -> u64 {
     match base {
         // launch_rows: up to one thread per column, at most 1024; sampling: 1024.
         "embed" | "rms_norm" | "rope_kv" | "gather_rows" | "sample" => 1024,
-        "attention" => 512,
+        // per-token attention: 1024 when a step has few blocks.
+        "attention" => 1024,
         _ => 256,
     }
 }

@@ -480,7 +480,12 @@ pub fn kernel_names(src: &str) -> Vec<String> {
     let mut out = vec![];
     for line in src.lines() {
         let line = line.trim_start();
-        let Some(rest) = line.split("__global__ void ").nth(1) else {
+        // `__global__ void name(` or `__global__ __launch_bounds__(N) void name(`
+        let Some(rest) = line
+            .split("__global__ ")
+            .nth(1)
+            .and_then(|a| a.split("void ").nth(1))
+        else {
             continue;
         };
         let Some(base) = rest.split('(').next() else {

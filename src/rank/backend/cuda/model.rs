@@ -47,8 +47,12 @@ struct Layer {
 /// Token counts a decode step is padded to so that it can replay a CUDA graph.
 pub const GRAPH_BUCKETS: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 
-/// Threads of an attention block (16 warps; kernels/llama.cu's RR_ATT_WARPS).
-const ATTENTION_THREADS: u32 = 512;
+/// Threads of a per-token attention block: 16 warps, or 32 (kernels/llama.cu's
+/// RR_ATT_WARPS) when the step has so few blocks that the GPU's multiprocessors would
+/// idle (batch-1 decode: one block per head), so each block's keys go twice as fast.
+fn attention_threads(blocks: usize) -> u32 {
+    if blocks <= 256 { 1024 } else { 512 }
+}
 
 /// The CUDA graphs of decode steps, one per padded size.
 pub struct Graphs {
@@ -961,7 +965,7 @@ impl CudaModel {
                 self.gpu.launch(
                     &format!("attention_{}", self.dt.suffix()),
                     (at.n_one as u32, self.shard.heads as u32, 1),
-                    ATTENTION_THREADS,
+                    attention_threads(at.n_one * self.shard.heads),
                     common(
                         Args::new()
                             .ptr(qkv)
