@@ -35,6 +35,20 @@ __device__ __forceinline__ float logit_at(const T *lg, int id, int rows, int chu
     return tof(lg[((i64)(id / chunk) * rows + row) * chunk + id % chunk]);
 }
 
+// Keeps the larger of (best, bi) and (ov, oi); the smaller index on ties.
+__device__ __forceinline__ void argmax_merge(float &best, int &bi, float ov, int oi) {
+    if (ov > best || (ov == best && oi < bi)) {
+        best = ov;
+        bi = oi;
+    }
+}
+
+// The warp's (largest value, its smallest index), in every lane.
+__device__ __forceinline__ void warp_argmax(float &best, int &bi) {
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_merge(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
+}
+
 // Index of the largest value among w[0..n) with `skip` excluded; the first on ties.
 __device__ int block_argmax(const float *w, int n, const int *skip, int nskip, float *shv, int *shi) {
     float best = -RR_INF;
@@ -42,19 +56,9 @@ __device__ int block_argmax(const float *w, int n, const int *skip, int nskip, f
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         bool skipped = false;
         for (int s = 0; s < nskip; s++) skipped |= skip[s] == i;
-        if (!skipped && (w[i] > best || (w[i] == best && i < bi))) {
-            best = w[i];
-            bi = i;
-        }
+        if (!skipped) argmax_merge(best, bi, w[i], i);
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) {
-            best = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(best, bi);
     int wp = threadIdx.x >> 5, l = threadIdx.x & 31;
     __syncthreads();
     if (l == 0) {
@@ -65,14 +69,7 @@ __device__ int block_argmax(const float *w, int n, const int *skip, int nskip, f
     int nw = (blockDim.x + 31) >> 5;
     best = l < nw ? shv[l] : -RR_INF;
     bi = l < nw ? shi[l] : 0x7fffffff;
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) {
-            best = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(best, bi);
     return bi == 0x7fffffff ? 0 : bi;
 }
 
@@ -123,14 +120,7 @@ __device__ void sample_impl(const T *lg, int rows, int chunk, int vocab, const D
                 }
             }
         }
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > best || (ov == best && oi < bi)) {
-                best = ov;
-                bi = oi;
-            }
-        }
+        warp_argmax(best, bi);
         float gm = block_max(m, sh);
         float lse = gm + logf(block_sum(m == -RR_INF ? 0.f : se * expf(m - gm), sh));
         int wp = threadIdx.x >> 5, l = threadIdx.x & 31;
@@ -141,11 +131,7 @@ __device__ void sample_impl(const T *lg, int rows, int chunk, int vocab, const D
         __syncthreads();
         if (threadIdx.x == 0) {
             int nw = (blockDim.x + 31) >> 5;
-            for (int k = 1; k < nw; k++)
-                if (shv[k] > best || (shv[k] == best && shi[k] < bi)) {
-                    best = shv[k];
-                    bi = shi[k];
-                }
+            for (int k = 1; k < nw; k++) argmax_merge(best, bi, shv[k], shi[k]);
             out_tok[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
             out_lp[blockIdx.x] = best - lse;
         }

@@ -22,21 +22,20 @@ from transformers import LlamaConfig, LlamaForCausalLM
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def llama3(**shape):
+    """A Llama-3 configuration (llama3 RoPE scaling, 128k vocabulary) of the given shape."""
+    return LlamaConfig(vocab_size=128256, num_key_value_heads=8, max_position_embeddings=8192,
+                       rms_norm_eps=1e-5, rope_theta=500000.0,
+                       rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                       tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001, **shape)
+
+
 def config(kind):
     if kind == "8b":
-        return LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                           num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-                           rms_norm_eps=1e-5, rope_theta=500000.0,
-                           rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-                           tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001)
+        return llama3(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32)
     if kind == "70b":
-        return LlamaConfig(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                           num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=8192,
-                           rms_norm_eps=1e-5, rope_theta=500000.0,
-                           rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-                           tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001)
+        return llama3(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64)
     if kind == "smoke":
         return LlamaConfig(vocab_size=320, hidden_size=768, intermediate_size=3072, num_hidden_layers=4,
                            num_attention_heads=12, num_key_value_heads=6, max_position_embeddings=4096,

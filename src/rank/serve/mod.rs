@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::RankError;
-use super::backend::cuda::model::GRAPH_BUCKETS;
+use super::backend::cuda::model::graph_bucket;
 use super::cli::{EngineArgs, ServeArgs};
 use super::engine::executor::{Backend, Executor};
 use super::engine::scheduler::{Limits, Scheduler};
@@ -86,11 +86,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         // The step workspace is sized for the largest step (a decode step is padded
         // to its CUDA-graph size) before the cache takes the rest.
         let seqs = serve.max_num_seqs;
-        let padded = GRAPH_BUCKETS
-            .iter()
-            .copied()
-            .find(|&b| b >= seqs)
-            .unwrap_or(seqs);
+        let padded = graph_bucket(seqs).unwrap_or(seqs);
         let tokens = serve.max_num_batched_tokens.max(padded);
         m.reserve(tokens, padded, seqs, 0, seqs * max_model_len.div_ceil(bs))
             .map_err(|e| RankError::Runtime(e.to_string()))?;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use cudarc::cublaslt::sys as lt;
 use cudarc::driver::{CudaContext, CudaStream, result as drv, sys as drv_sys};
 
-use super::DType;
+use super::{DType, Product};
 
 /// Candidates asked of the heuristic per shape.
 const CANDIDATES: usize = 8;
@@ -161,34 +161,27 @@ impl Lt {
     /// (the caller then uses cublasGemmEx). `gemv`, when given, launches the caller's
     /// own kernel for the same product: it is timed with the candidates and used
     /// instead where it is the fastest.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
         ctx: &Arc<CudaContext>,
         stream: &Arc<CudaStream>,
-        dt: DType,
-        m: usize,
-        n: usize,
-        k: usize,
-        x: u64,
-        w: u64,
-        y: u64,
+        p: &Product,
         gemv: Option<&dyn Fn() -> bool>,
     ) -> bool {
         let key = Key {
-            dt: dt as u8,
-            m,
-            n,
-            k,
+            dt: p.dt as u8,
+            m: p.m,
+            n: p.n,
+            k: p.k,
         };
         let mut plans = self.plans.borrow_mut();
         let plan = match plans.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => match Plan::new(dt, m, n, k) {
-                Ok(mut p) => {
-                    p.algos = self.candidates(&p);
-                    p.unusable = p.algos.is_empty();
-                    e.insert(p)
+            std::collections::hash_map::Entry::Vacant(e) => match Plan::new(p.dt, p.m, p.n, p.k) {
+                Ok(mut plan) => {
+                    plan.algos = self.candidates(&plan);
+                    plan.unusable = plan.algos.is_empty();
+                    e.insert(plan)
                 }
                 Err(_) => return false,
             },
@@ -201,7 +194,7 @@ impl Lt {
             .ok()
             .is_none_or(|s| s != drv_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
         if !plan.tuned && !capturing {
-            self.tune(plan, ctx, stream, x, w, y, gemv);
+            self.tune(plan, ctx, stream, p, gemv);
         }
         if plan.use_gemv
             && let Some(g) = gemv
@@ -212,7 +205,7 @@ impl Lt {
         let Some(algo) = plan.algos.first() else {
             return false;
         };
-        self.run(plan, algo, stream, x, w, y).is_ok()
+        self.run(plan, algo, stream, p).is_ok()
     }
 
     fn candidates(&self, p: &Plan) -> Vec<lt::cublasLtMatmulAlgo_t> {
@@ -257,12 +250,10 @@ impl Lt {
 
     fn run(
         &self,
-        p: &Plan,
+        plan: &Plan,
         algo: &lt::cublasLtMatmulAlgo_t,
         stream: &Arc<CudaStream>,
-        x: u64,
-        w: u64,
-        y: u64,
+        p: &Product,
     ) -> Result<(), lt::cublasStatus_t> {
         let (alpha, beta) = (1f32, 0f32);
         // SAFETY: operands sized by the caller for this plan's shape; the workspace
@@ -270,17 +261,17 @@ impl Lt {
         ok(unsafe {
             lt::cublasLtMatmul(
                 self.handle,
-                p.desc,
+                plan.desc,
                 &alpha as *const f32 as *const c_void,
-                w as *const c_void,
-                p.a,
-                x as *const c_void,
-                p.b,
+                p.w as *const c_void,
+                plan.a,
+                p.x as *const c_void,
+                plan.b,
                 &beta as *const f32 as *const c_void,
-                y as *const c_void,
-                p.c,
-                y as *mut c_void,
-                p.c,
+                p.y as *const c_void,
+                plan.c,
+                p.y as *mut c_void,
+                plan.c,
                 algo,
                 self.workspace as *mut c_void,
                 self.workspace_bytes,
@@ -291,18 +282,15 @@ impl Lt {
 
     /// Times every candidate on the real operands, each run with a cold L2 (y is
     /// overwritten; the caller writes it again right after), and puts the fastest first.
-    #[allow(clippy::too_many_arguments)]
     fn tune(
         &self,
-        p: &mut Plan,
+        plan: &mut Plan,
         ctx: &Arc<CudaContext>,
         stream: &Arc<CudaStream>,
-        x: u64,
-        w: u64,
-        y: u64,
+        p: &Product,
         gemv: Option<&dyn Fn() -> bool>,
     ) {
-        p.tuned = true;
+        plan.tuned = true;
         let timing = Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT);
         let (Ok(start), Ok(end)) = (ctx.new_event(timing), ctx.new_event(timing)) else {
             return;
@@ -327,8 +315,8 @@ impl Lt {
             Some(total)
         };
         let mut best: Option<(f32, usize)> = None;
-        for (i, algo) in p.algos.iter().enumerate() {
-            if let Some(ms) = time(&|| self.run(p, algo, stream, x, w, y).is_ok())
+        for (i, algo) in plan.algos.iter().enumerate() {
+            if let Some(ms) = time(&|| self.run(plan, algo, stream, p).is_ok())
                 && best.is_none_or(|(b, _)| ms < b)
             {
                 best = Some((ms, i));
@@ -337,10 +325,10 @@ impl Lt {
         if let Some(g) = gemv
             && let Some(ms) = time(g)
         {
-            p.use_gemv = best.is_none_or(|(b, _)| ms < b);
+            plan.use_gemv = best.is_none_or(|(b, _)| ms < b);
         }
         if let Some((_, i)) = best {
-            p.algos.swap(0, i);
+            plan.algos.swap(0, i);
         }
     }
 }

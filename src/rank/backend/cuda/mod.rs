@@ -151,6 +151,19 @@ const L2_FLUSH: usize = 128 << 20;
 /// Bytes of cuBLAS's workspace (NVIDIA recommends 32 MiB on Hopper).
 const BLAS_WORKSPACE: usize = 32 << 20;
 
+/// One product `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major, the weight as HF stores
+/// it), as the GEMM paths pass it around.
+#[derive(Debug, Clone, Copy)]
+pub struct Product {
+    pub dt: DType,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub x: u64,
+    pub w: u64,
+    pub y: u64,
+}
+
 /// When the decode GEMV kernel runs instead of cuBLAS(Lt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GemvMode {
@@ -387,20 +400,19 @@ impl Gpu {
     }
 
     /// The GEMV kernel compiled for the smallest row count of 1, 2, 4, 8 that holds `m`.
-    #[allow(clippy::too_many_arguments)]
-    fn gemv(&self, dt: DType, m: usize, n: usize, k: usize, x: u64, w: u64, y: u64) -> Result<()> {
-        let rows = [1, 2, 4, 8].into_iter().find(|&r| r >= m).unwrap_or(8);
+    fn gemv(&self, p: &Product) -> Result<()> {
+        let rows = [1, 2, 4, 8].into_iter().find(|&r| r >= p.m).unwrap_or(8);
         self.launch(
-            &format!("gemv{rows}_{}", dt.suffix()),
-            (n.div_ceil(8) as u32, 1, 1),
+            &format!("gemv{rows}_{}", p.dt.suffix()),
+            (p.n.div_ceil(8) as u32, 1, 1),
             256,
             Args::new()
-                .ptr(x)
-                .ptr(w)
-                .ptr(y)
-                .i32(m as i32)
-                .i32(n as i32)
-                .i32(k as i32),
+                .ptr(p.x)
+                .ptr(p.w)
+                .ptr(p.y)
+                .i32(p.m as i32)
+                .i32(p.n as i32)
+                .i32(p.k as i32),
         )
     }
 
@@ -424,9 +436,18 @@ impl Gpu {
         // cuBLASLt tuner timed it faster than every cuBLASLt candidate for the shape.
         let gemv_ok =
             m <= 8 && dt != DType::F32 && k.is_multiple_of(8) && (x | w | y).is_multiple_of(16);
-        let gemv = || self.gemv(dt, m, n, k, x, w, y).is_ok();
+        let p = Product {
+            dt,
+            m,
+            n,
+            k,
+            x,
+            w,
+            y,
+        };
+        let gemv = || self.gemv(&p).is_ok();
         if gemv_ok && self.gemv == GemvMode::Always {
-            return self.gemv(dt, m, n, k, x, w, y);
+            return self.gemv(&p);
         }
         if m <= LT_MAX_M
             && dt != DType::F32
@@ -434,7 +455,7 @@ impl Gpu {
         {
             let candidate: Option<&dyn Fn() -> bool> =
                 (gemv_ok && self.gemv == GemvMode::Tuned).then_some(&gemv);
-            if lt.gemm(&self.ctx, &self.stream, dt, m, n, k, x, w, y, candidate) {
+            if lt.gemm(&self.ctx, &self.stream, &p, candidate) {
                 return Ok(());
             }
         }

@@ -47,6 +47,11 @@ struct Layer {
 /// Token counts a decode step is padded to so that it can replay a CUDA graph.
 pub const GRAPH_BUCKETS: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 
+/// The size a decode step of `n` sequences is padded to (none past the largest).
+pub fn graph_bucket(n: usize) -> Option<usize> {
+    GRAPH_BUCKETS.iter().copied().find(|&b| b >= n)
+}
+
 /// Threads of a per-token attention block: 16 warps, or 32 (kernels/llama.cu's
 /// RR_ATT_WARPS) when the step has so few blocks that the GPU's multiprocessors would
 /// idle (batch-1 decode: one block per head), so each block's keys go twice as fast.
@@ -366,20 +371,12 @@ impl CudaModel {
                 [("q", sh.q), ("k", sh.kv), ("v", sh.kv)]
                     .map(|(p, rows)| (n(&format!("self_attn.{p}_proj.{kind}")), rows))
             };
-            let qkv = m.fused(w, &qkv_parts("weight"), h)?;
-            let qkv_bias = w
-                .has(&n("self_attn.q_proj.bias"))
-                .then(|| m.fused(w, &qkv_parts("bias"), 1))
-                .transpose()?;
+            let (qkv, qkv_bias) = m.fused_with_bias(w, qkv_parts, h)?;
             let o = m.cols_to_new(w, &n("self_attn.o_proj.weight"), q0, q1, h * nq)?;
             let o_bias = m.opt_all(w, &n("self_attn.o_proj.bias"), h)?;
             let gu_parts =
                 |kind: &str| ["gate", "up"].map(|p| (n(&format!("mlp.{p}_proj.{kind}")), sh.mlp));
-            let gu = m.fused(w, &gu_parts("weight"), h)?;
-            let gu_bias = w
-                .has(&n("mlp.gate_proj.bias"))
-                .then(|| m.fused(w, &gu_parts("bias"), 1))
-                .transpose()?;
+            let (gu, gu_bias) = m.fused_with_bias(w, gu_parts, h)?;
             let down = m.cols_to_new(w, &n("mlp.down_proj.weight"), i0, i1, h * inter)?;
             let down_bias = m.opt_all(w, &n("mlp.down_proj.bias"), h)?;
             m.weights.push(Layer {
@@ -484,6 +481,23 @@ impl CudaModel {
             at += b - a;
         }
         Ok(buf)
+    }
+
+    /// The fused weight (`row` wide) of `parts("weight")` and, when the checkpoint
+    /// has the first part's bias, the fused bias of `parts("bias")`.
+    fn fused_with_bias<const N: usize>(
+        &mut self,
+        w: &Weights<'_>,
+        parts: impl Fn(&str) -> [(String, (usize, usize)); N],
+        row: usize,
+    ) -> Result<(DevBuf, Option<DevBuf>)> {
+        let weight = self.fused(w, &parts("weight"), row)?;
+        let bias = parts("bias");
+        let bias = w
+            .has(&bias[0].0)
+            .then(|| self.fused(w, &bias, 1))
+            .transpose()?;
+        Ok((weight, bias))
     }
 
     fn cols_to_new(
@@ -684,7 +698,7 @@ impl CudaModel {
         let decode = !want_logits && chunks.iter().all(|c| c.tokens.len() == 1 && !c.all_logits);
         let real = chunks.iter().map(|c| c.tokens.len()).sum::<usize>();
         let bucket = if decode && self.graphs.enabled {
-            GRAPH_BUCKETS.iter().copied().find(|&b| b >= real)
+            graph_bucket(real)
         } else {
             None
         };
@@ -757,11 +771,7 @@ impl CudaModel {
     /// inside have to match.
     pub fn warmup(&mut self, prefill: &[usize], max_seqs: usize) -> Result<()> {
         let decode: Vec<usize> = if self.graphs.enabled {
-            let top = GRAPH_BUCKETS
-                .iter()
-                .copied()
-                .find(|&b| b >= max_seqs)
-                .unwrap_or(0);
+            let top = graph_bucket(max_seqs).unwrap_or(0);
             GRAPH_BUCKETS
                 .iter()
                 .copied()
