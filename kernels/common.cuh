@@ -45,6 +45,24 @@ RR_BLOCK_REDUCE(block_sum, rr_add, 0.f)
 RR_BLOCK_REDUCE(block_max, fmaxf, -RR_INF)
 RR_BLOCK_REDUCE(block_min, fminf, RR_INF)
 
+// 8 consecutive elements as raw 16-byte words (one for 16-bit types, two for f32), and
+// unpacked to floats; the weights stay raw until used, which keeps registers down.
+template <typename T> struct Raw8 {
+    uint4 v[sizeof(T) == 2 ? 1 : 2];
+};
+template <typename T> __device__ __forceinline__ Raw8<T> ld8(const T *p) {
+    Raw8<T> r;
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof(r.v) / sizeof(uint4)); i++) r.v[i] = reinterpret_cast<const uint4 *>(p)[i];
+    return r;
+}
+template <typename T> __device__ __forceinline__ void unpack8(const Raw8<T> &r, float *f) {
+    const T *e = reinterpret_cast<const T *>(r.v);
+#pragma unroll
+    for (int i = 0; i < 8; i++) f[i] = tof(e[i]);
+}
+template <typename T> __device__ __forceinline__ void load8(const T *p, float *f) { unpack8(ld8(p), f); }
+
 // Instantiates `extern "C"` wrappers NAME_f32 / NAME_bf16 / NAME_f16 of a template
 // kernel body `NAME##_impl<T>` whose parameters are given by the macro's arguments.
 #define RR_FOR_TYPES(M) M(f32, float) M(bf16, __nv_bfloat16) M(f16, __half)

@@ -6,15 +6,21 @@
 # each -tp, and the 2-GPU smoke test when there are 2+ GPUs. Every stage has a time limit so a
 # hang costs one stage, not the call. Results land in OUT (default $OUT or ./gpu-session).
 #
+# With --profile, two more serving runs with RRANK_PROFILE=1 (kernel time tables in their
+# logs): batch 1 (512-token prompts, then decode) and 256 concurrent requests.
+#
 # Usage: scripts/gpu-session.sh --bin DIR_WITH_rrun_rrank_rrun-bench [--tp 1,2] [--out DIR]
+#                               [--checks tiny,8b,decode] [--profile]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bin=target/release tp=1,2 out="${OUT:-gpu-session}"
+bin=target/release tp=1,2 out="${OUT:-gpu-session}" checks=tiny,8b,decode profile=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin="$2"; shift 2 ;;
     --tp) tp="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --checks) checks="$2"; shift 2 ;;
+    --profile) profile=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -24,8 +30,11 @@ ngpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 "$bin/rrun" --version; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 "$bin/rrank" kernels --resources --arch "sm_$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)" \
   > "$out/kernel-resources.txt" 2>&1 || true
-timeout 120 python3 scripts/gpu_check.py --prepare 2>&1 | grep -v Writing | tail -2
-timeout 300 python3 scripts/gpu_check.py --bin "$bin" --only tiny,8b,decode --json "$out/check.json" 2>&1 \
+case ",$checks," in
+  *,8b,*) timeout 120 python3 scripts/gpu_check.py --prepare 2>&1 | grep -v Writing | tail -2 ;;
+  *) timeout 120 python3 scripts/make_gpu_model.py 8b /tmp/rrun-llama3-8b-random 2>&1 | grep -v Writing | tail -1 ;;
+esac
+timeout 300 python3 scripts/gpu_check.py --bin "$bin" --only "$checks" --json "$out/check.json" 2>&1 \
   | grep -v Writing | cut -c1-600
 if ! python3 -c "import json,sys; r=json.load(open('$out/check.json')); sys.exit(0 if all(x['ok'] for x in r if x['check'].startswith('tiny')) else 1)"; then
   echo "gpu-session: the tiny models disagree with transformers; no benchmark"
@@ -33,6 +42,13 @@ if ! python3 -c "import json,sys; r=json.load(open('$out/check.json')); sys.exit
 fi
 timeout 330 python3 scripts/bench_gpu.py --bin "$bin" --tp "$tp" --out "$out/bench" 2>&1 | grep -v Writing
 grep -h "start-up\|steps:" "$out"/bench/server-tp*.log
+if [ "$profile" = 1 ]; then
+  for c in 1 256; do
+    RRANK_PROFILE=1 timeout 200 python3 scripts/bench_gpu.py --bin "$bin" --tp "${tp%%,*}" --concurrency $c \
+      --out "$out/profile-c$c" 2>&1 | grep -v Writing | tail -2
+    sed -n '/kernel profile/,$p' "$out/profile-c$c/server-tp${tp%%,*}.log" | head -40
+  done
+fi
 if [ "$ngpu" -ge 2 ]; then
   timeout 100 bash scripts/smoke-2gpu.sh --bin "$bin" 2>&1 | grep -E "SMOKE|spread"
 fi

@@ -46,16 +46,26 @@ def gpus():
     return [l for l in out.stdout.splitlines() if l.strip()]
 
 
-def run(cmd, env=None, timeout=600):
+def run(cmd, env=None, timeout=240):
+    """Runs cmd in its own process group; past `timeout` the whole group is killed (a hung
+    kernel must cost one check, not the call) and the result says exit 124."""
     t = time.time()
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=timeout)
-    return p, time.time() - t
+    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        code = p.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        code, err = 124, err + f"\ntimed out after {timeout} s"
+    return subprocess.CompletedProcess(p.args, code, out, err), time.time() - t
 
 
-def generate(bins, model, n, extra, dump, env=None, port=29500):
+def generate(bins, model, n, extra, dump, env=None, port=29500, timeout=240):
     cmd = [bins / "rrun", "--standalone", "--nproc-per-node", n, "--master-port", port, bins / "rrank", "generate",
            "--model", model, "--device", "cuda", "--dump", dump, *extra]
-    p, dt = run(cmd, env=env)
+    p, dt = run(cmd, env=env, timeout=timeout)
     if p.returncode != 0:
         say(p.stdout[-3000:], p.stderr[-3000:])
     return p, dt
@@ -68,7 +78,8 @@ def tiny(bins, tmp, n_gpus):
         for tp, pp in placements:
             dump = tmp / f"tiny-{arch}-{tp}-{pp}.json"
             p, _ = generate(bins, DATA / arch, tp * pp, ["-tp", tp, "-pp", pp, "--dtype", "float32", "--prompt-ids",
-                            ",".join(map(str, r["prompt_ids"])), "--max-tokens", 32, "--ignore-eos"], dump)
+                            ",".join(map(str, r["prompt_ids"])), "--max-tokens", 32, "--ignore-eos"], dump,
+                            timeout=60)
             if p.returncode != 0:
                 check(f"tiny {arch} tp{tp} pp{pp}", False, f"exit {p.returncode}")
                 continue
@@ -264,6 +275,7 @@ def decode(bins, tmp, n_gpus, model):
                 ("tuned cuBLASLt, no GEMV, CUDA graphs", {"RRANK_GEMV": "0"}, False),
                 ("cublasGemmEx, CUDA graphs", {"RRANK_GEMV": "0", "RRANK_CUBLASLT": "0"}, False),
                 ("GEMV for every decode GEMM, CUDA graphs", {"RRANK_GEMV": "1"}, False),
+                ("per-head attention (no GQA grouping or split-KV), CUDA graphs", {"RRANK_ATTENTION": "per-head"}, False),
                 ("tuned, eager", {}, True)]
     for tp in ([1, 2] if n_gpus >= 2 else [1]):
         for label, env, eager in variants:

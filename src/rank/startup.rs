@@ -397,7 +397,8 @@ pub fn load_backend(engine: &EngineArgs, s: &mut Startup) -> Result<Backend, Ran
             )
             .map_err(gpu_err)?;
             let mut m = m;
-            m.graphs.enabled = !engine.enforce_eager;
+            // Kernel timing (RRANK_PROFILE=1) times eager launches only.
+            m.graphs.enabled = !engine.enforce_eager && m.gpu.profile.is_none();
             if s.env.rank == 0 && s.env.world_size > 1 {
                 let v = super::backend::cuda::nccl::Nccl::version().unwrap_or(0);
                 eprintln!(

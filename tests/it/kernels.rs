@@ -50,6 +50,8 @@ fn launch_threads(kernel: &str) -> u64 {
         "embed" | "rms_norm" | "rope_kv" | "gather_rows" | "sample" => 1024,
         // per-token attention: 1024 when a step has few blocks.
         "attention" => 1024,
+        // grouped decode attention: RR_DEC_THREADS.
+        b if b.starts_with("attention_decode") => 128,
         _ => 256,
     }
 }

@@ -157,8 +157,9 @@ impl Lt {
         })
     }
 
-    /// Enqueues the product on `stream`; `false` when cuBLASLt cannot do this shape
-    /// (the caller then uses cublasGemmEx). `gemv`, when given, launches the caller's
+    /// Enqueues the product on `stream` and says which path ran it ("lt", or "gemv"
+    /// for the caller's kernel); `None` when cuBLASLt cannot do this shape (the caller
+    /// then uses cublasGemmEx). `gemv`, when given, launches the caller's
     /// own kernel for the same product: it is timed with the candidates and used
     /// instead where it is the fastest.
     pub fn gemm(
@@ -167,7 +168,7 @@ impl Lt {
         stream: &Arc<CudaStream>,
         p: &Product,
         gemv: Option<&dyn Fn() -> bool>,
-    ) -> bool {
+    ) -> Option<&'static str> {
         let key = Key {
             dt: p.dt as u8,
             m: p.m,
@@ -183,11 +184,11 @@ impl Lt {
                     plan.unusable = plan.algos.is_empty();
                     e.insert(plan)
                 }
-                Err(_) => return false,
+                Err(_) => return None,
             },
         };
         if plan.unusable {
-            return false;
+            return None;
         }
         let capturing = stream
             .capture_status()
@@ -200,12 +201,10 @@ impl Lt {
             && let Some(g) = gemv
             && g()
         {
-            return true;
+            return Some("gemv");
         }
-        let Some(algo) = plan.algos.first() else {
-            return false;
-        };
-        self.run(plan, algo, stream, p).is_ok()
+        let algo = plan.algos.first()?;
+        self.run(plan, algo, stream, p).ok().map(|_| "lt")
     }
 
     fn candidates(&self, p: &Plan) -> Vec<lt::cublasLtMatmulAlgo_t> {

@@ -14,6 +14,7 @@ pub mod lt;
 pub mod model;
 pub mod nccl;
 pub mod nvrtc;
+pub mod profile;
 pub mod sample;
 
 use std::collections::HashMap;
@@ -180,6 +181,8 @@ pub struct Gpu {
     pub ordinal: usize,
     pub name: String,
     pub total_mem: usize,
+    /// Streaming multiprocessors (sizes the decode attention's context splits).
+    pub sms: usize,
     /// When decode GEMMs take the GEMV kernel (`RRANK_GEMV`).
     gemv: GemvMode,
     blas: blas_sys::cublasHandle_t,
@@ -190,6 +193,8 @@ pub struct Gpu {
     lt: Option<lt::Lt>,
     /// What the cuBLASLt tuner overwrites to empty the L2 cache between timed runs.
     lt_flush: DevBuf,
+    /// Kernel timing with `RRANK_PROFILE=1`.
+    pub profile: Option<profile::Profile>,
     pub stream: Arc<CudaStream>,
     pub ctx: Arc<CudaContext>,
 }
@@ -240,6 +245,9 @@ impl Gpu {
             .compute_capability()
             .map_err(run_err("compute capability"))?;
         let arch = format!("sm_{major}{minor}");
+        let sms = ctx
+            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(run_err("multiprocessor count"))? as usize;
         let include = libs::include_dir().map_err(GpuError::Setup)?;
         let mut funcs = HashMap::new();
         for (mname, src) in nvrtc::MODULES {
@@ -265,6 +273,7 @@ impl Gpu {
             ordinal: local_rank,
             name,
             total_mem,
+            sms,
             gemv: match std::env::var("RRANK_GEMV").as_deref() {
                 Ok("1") => GemvMode::Always,
                 Ok("0") => GemvMode::Never,
@@ -275,6 +284,7 @@ impl Gpu {
             blas_workspace: DevBuf { ptr: 0, bytes: 0 },
             lt: None,
             lt_flush: DevBuf { ptr: 0, bytes: 0 },
+            profile: profile::Profile::from_env(&ctx),
             stream,
             ctx,
         };
@@ -364,11 +374,28 @@ impl Gpu {
     pub fn sync(&self) -> Result<()> {
         self.stream
             .synchronize()
-            .map_err(run_err("stream synchronize"))
+            .map_err(run_err("stream synchronize"))?;
+        if let Some(p) = &self.profile {
+            p.collect();
+        }
+        Ok(())
+    }
+
+    /// Runs `f` (work enqueued on the stream); with `RRANK_PROFILE=1` timed under
+    /// the label `label` gives its result.
+    pub fn timed<R>(&self, f: impl FnOnce() -> R, label: impl FnOnce(&R) -> String) -> R {
+        match &self.profile {
+            Some(p) => p.time(&self.stream, f, label),
+            None => f(),
+        }
     }
 
     /// Launches kernel `name` on the stream.
     pub fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
+        self.timed(|| self.launch_now(name, grid, block, args), |_| name.to_string())
+    }
+
+    fn launch_now(&self, name: &str, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
         let f = *self
             .funcs
             .get(name)
@@ -431,11 +458,6 @@ impl Gpu {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        // Decode steps (a few token rows, 16-bit weights) may take the weight-streaming
-        // GEMV kernel: always with RRANK_GEMV=1, never with 0, and by default where the
-        // cuBLASLt tuner timed it faster than every cuBLASLt candidate for the shape.
-        let gemv_ok =
-            m <= 8 && dt != DType::F32 && k.is_multiple_of(8) && (x | w | y).is_multiple_of(16);
         let p = Product {
             dt,
             m,
@@ -445,9 +467,32 @@ impl Gpu {
             w,
             y,
         };
-        let gemv = || self.gemv(&p).is_ok();
+        self.timed(
+            || self.gemm_now(&p),
+            |r| profile::gemm_label(r.as_ref().map_or("failed", |p| p), m, n, k),
+        )
+        .map(|_| ())
+    }
+
+    /// [`Gpu::gemm`] on the path the settings and tuner pick; returns that path.
+    fn gemm_now(&self, p: &Product) -> Result<&'static str> {
+        let &Product {
+            dt,
+            m,
+            n,
+            k,
+            x,
+            w,
+            y,
+        } = p;
+        // Decode steps (a few token rows, 16-bit weights) may take the weight-streaming
+        // GEMV kernel: always with RRANK_GEMV=1, never with 0, and by default where the
+        // cuBLASLt tuner timed it faster than every cuBLASLt candidate for the shape.
+        let gemv_ok =
+            m <= 8 && dt != DType::F32 && k.is_multiple_of(8) && (x | w | y).is_multiple_of(16);
+        let gemv = || self.gemv(p).is_ok();
         if gemv_ok && self.gemv == GemvMode::Always {
-            return self.gemv(&p);
+            return self.gemv(p).map(|_| "gemv");
         }
         if m <= LT_MAX_M
             && dt != DType::F32
@@ -455,8 +500,8 @@ impl Gpu {
         {
             let candidate: Option<&dyn Fn() -> bool> =
                 (gemv_ok && self.gemv == GemvMode::Tuned).then_some(&gemv);
-            if lt.gemm(&self.ctx, &self.stream, &p, candidate) {
-                return Ok(());
+            if let Some(path) = lt.gemm(&self.ctx, &self.stream, p, candidate) {
+                return Ok(path);
             }
         }
         let (alpha, beta) = (1f32, 0f32);
@@ -484,12 +529,21 @@ impl Gpu {
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| GpuError::Run(format!("cuBLAS GEMM {m}x{n}x{k}: {e:?}")))
+        .map_err(|e| GpuError::Run(format!("cuBLAS GEMM {m}x{n}x{k}: {e:?}")))?;
+        Ok("blas")
     }
 }
 
 impl Drop for Gpu {
     fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let _ = self.stream.synchronize();
+            eprint!(
+                "rrank: kernel profile of GPU {} (RRANK_PROFILE=1, eager steps):\n{}",
+                self.ordinal,
+                p.report()
+            );
+        }
         // SAFETY: the handle was created in open and is destroyed once.
         let _ = unsafe { blas::destroy_handle(self.blas) };
     }
@@ -548,7 +602,10 @@ mod tests {
         assert!(llama.contains(&"rope_kv_bf16".to_string()));
         assert!(llama.contains(&"attention_prefill_bf16".to_string()));
         assert!(llama.contains(&"gemv1_bf16".to_string()));
-        assert_eq!(llama.len(), 9 + 3 * 9 + 3 * 4, "{llama:?}");
+        assert!(llama.contains(&"attention_decode4_bf16".to_string()));
+        assert!(llama.contains(&"attention_merge_f32".to_string()));
+        // convert (9), 10 kernels × 3 types, gemv and attention_decode × 4 sizes × 3.
+        assert_eq!(llama.len(), 9 + 3 * 10 + 2 * 3 * 4, "{llama:?}");
         assert_eq!(
             kernel_names(nvrtc::MODULES[1].1),
             ["sample_f32", "sample_bf16", "sample_f16"]

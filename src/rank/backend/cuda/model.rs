@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use cudarc::driver::{CudaGraph, sys};
 
 use super::nccl::Nccl;
+use super::profile;
 use super::sample::{self, MAX_TOP, Scratch};
 use super::{Args, DType, DevBuf, Gpu, GpuError, Result};
 use crate::rank::backend::cpu;
@@ -57,6 +58,45 @@ pub fn graph_bucket(n: usize) -> Option<usize> {
 /// idle (batch-1 decode: one block per head), so each block's keys go twice as fast.
 fn attention_threads(blocks: usize) -> u32 {
     if blocks <= 256 { 1024 } else { 512 }
+}
+
+/// The most parts attention_decode splits one token's keys into.
+const MAX_SPLITS: usize = 32;
+
+/// How attention runs for the tokens that take one block each (decode tokens, and
+/// prefill tokens when tiles are off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DecodeAttention {
+    /// `attention_decode{gm}`: one block per (token, KV head, split) for up to `gm`
+    /// query heads sharing the KV head, `tg` lanes per key (kernels/llama.cu).
+    Grouped { gm: usize, tg: usize },
+    /// `attention`: one block per (token, query head); for head sizes the grouped
+    /// kernel does not take (head_dim % 8 != 0 or > 256, > 8 query heads per KV
+    /// head) and with `RRANK_ATTENTION=per-head` (for comparisons).
+    PerHead,
+}
+
+impl DecodeAttention {
+    /// The kernel for `head_dim` with at most `group` local query heads per KV head.
+    fn choose(head_dim: usize, group: usize, per_head: bool) -> DecodeAttention {
+        let gm = group.max(1).next_power_of_two();
+        let tg = head_dim.div_ceil(8).next_power_of_two();
+        if per_head || !head_dim.is_multiple_of(8) || tg > 32 || gm > 8 {
+            DecodeAttention::PerHead
+        } else {
+            DecodeAttention::Grouped { gm, tg }
+        }
+    }
+}
+
+/// Parts each token's keys are split into when `tokens` tokens take the grouped
+/// decode kernel over `kv_heads` KV heads: enough blocks for two per multiprocessor
+/// (`sms`), so batch-1 decode does not leave most of the GPU idle, and one part
+/// once the tokens fill the GPU by themselves.
+fn splits(tokens: usize, kv_heads: usize, sms: usize) -> usize {
+    (2 * sms)
+        .div_ceil((tokens * kv_heads).max(1))
+        .clamp(1, MAX_SPLITS)
 }
 
 /// The CUDA graphs of decode steps, one per padded size.
@@ -266,6 +306,7 @@ pub struct CudaModel {
     /// Bumped whenever a workspace buffer is reallocated.
     ws_epoch: u64,
     pub graphs: Graphs,
+    attention: DecodeAttention,
     staging: Option<DevBuf>,
     comms: Comms,
     pub gpu: Gpu,
@@ -349,6 +390,11 @@ impl CudaModel {
             ws: HashMap::new(),
             ws_epoch: 0,
             graphs: Graphs::default(),
+            attention: DecodeAttention::choose(
+                cfg.head_dim,
+                (cfg.num_heads / cfg.num_kv_heads).min(shard.heads),
+                std::env::var("RRANK_ATTENTION").as_deref() == Ok("per-head"),
+            ),
             staging: None,
             comms,
             dt,
@@ -569,8 +615,9 @@ impl CudaModel {
         let (nq, nkv) = (self.shard.heads * hd, self.shard.kv_heads * hd);
         let (t, r, tp) = (tokens, rows, self.place.tp);
         let vocab = self.cfg.vocab_size;
-        let sizes: [(&'static str, usize); 16] = [
+        let sizes: [(&'static str, usize); 17] = [
             ("meta", Meta::bytes(t, r, blocks)),
+            ("part", self.part_bytes(t)),
             ("x", t * h * es),
             ("y", t * h * es),
             ("a", t * h * es),
@@ -601,9 +648,27 @@ impl CudaModel {
         Ok(())
     }
 
+    /// Bytes of attention_decode's per-split partial results for up to `tokens`
+    /// tokens (only steps of few tokens are split).
+    fn part_bytes(&self, tokens: usize) -> usize {
+        let (kvh, sms) = (self.shard.kv_heads, self.gpu.sms);
+        (1..=tokens.min(2 * sms))
+            .map(|n| match (self.attention, splits(n, kvh, sms)) {
+                (DecodeAttention::Grouped { .. }, z) if z > 1 => {
+                    n * self.shard.heads * z * (self.cfg.head_dim + 2) * 4
+                }
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     fn tp_all_reduce(&self, buf: u64, count: usize) -> Result<()> {
         match &self.comms.tp {
-            Some(c) => c.all_reduce_sum(buf, count, self.dt),
+            Some(c) => self.gpu.timed(
+                || c.all_reduce_sum(buf, count, self.dt),
+                |_| format!("nccl all_reduce {}", profile::count_label(count)),
+            ),
             None => Ok(()),
         }
     }
@@ -817,7 +882,11 @@ impl CudaModel {
                 self.forward_graphed(n, n, &at)?;
             }
         }
-        self.gpu.sync()
+        self.gpu.sync()?;
+        if let Some(p) = &self.gpu.profile {
+            p.reset();
+        }
+        Ok(())
     }
 
     /// Whether prefill chunks take the tiled attention kernel (head_dim % 4 == 0,
@@ -932,7 +1001,10 @@ impl CudaModel {
                 .world
                 .as_ref()
                 .expect("stages > 1 have a world comm");
-            world.recv(x, t * h, self.dt, self.place.prev_stage())?;
+            self.gpu.timed(
+                || world.recv(x, t * h, self.dt, self.place.prev_stage()),
+                |_| "nccl recv".into(),
+            )?;
         }
         let group = cfg.num_heads / cfg.num_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -972,22 +1044,46 @@ impl CudaModel {
                     .i32(window)
             };
             if at.n_one > 0 {
-                self.gpu.launch(
-                    &format!("attention_{}", self.dt.suffix()),
-                    (at.n_one as u32, self.shard.heads as u32, 1),
-                    attention_threads(at.n_one * self.shard.heads),
-                    common(
-                        Args::new()
-                            .ptr(qkv)
-                            .ptr(kc.ptr)
-                            .ptr(vc.ptr)
-                            .ptr(attn)
-                            .ptr(at.one)
-                            .ptr(at.pos)
-                            .ptr(at.tab)
-                            .ptr(at.blocks),
-                    ),
-                )?;
+                let args = Args::new()
+                    .ptr(qkv)
+                    .ptr(kc.ptr)
+                    .ptr(vc.ptr)
+                    .ptr(attn);
+                let sfx = self.dt.suffix();
+                let n_one = at.n_one as u32;
+                let list = |a: Args| a.ptr(at.one).ptr(at.pos).ptr(at.tab).ptr(at.blocks);
+                match self.attention {
+                    DecodeAttention::Grouped { gm, tg } => {
+                        let kvh = self.shard.kv_heads;
+                        let z = splits(at.n_one, kvh, self.gpu.sms);
+                        self.gpu.launch(
+                            &format!("attention_decode{gm}_{sfx}"),
+                            (n_one, kvh as u32, z as u32),
+                            128,
+                            common(list(args.ptr(p("part")))).i32(tg as i32),
+                        )?;
+                        if z > 1 {
+                            self.gpu.launch(
+                                &format!("attention_merge_{sfx}"),
+                                (n_one, self.shard.heads as u32, 1),
+                                hd.next_multiple_of(32) as u32,
+                                Args::new()
+                                    .ptr(p("part"))
+                                    .ptr(at.one)
+                                    .ptr(attn)
+                                    .i32(self.shard.heads as i32)
+                                    .i32(hd as i32)
+                                    .i32(z as i32),
+                            )?;
+                        }
+                    }
+                    DecodeAttention::PerHead => self.gpu.launch(
+                        &format!("attention_{sfx}"),
+                        (n_one, self.shard.heads as u32, 1),
+                        attention_threads(at.n_one * self.shard.heads),
+                        common(list(args)),
+                    )?,
+                }
             }
             if at.n_tiles > 0 {
                 self.gpu.launch(
@@ -1032,7 +1128,10 @@ impl CudaModel {
                 .world
                 .as_ref()
                 .expect("stages > 1 have a world comm");
-            return world.send(x, t * h, self.dt, self.place.next_stage());
+            return self.gpu.timed(
+                || world.send(x, t * h, self.dt, self.place.next_stage()),
+                |_| "nccl send".into(),
+            );
         }
         let (sel, seln, lg) = (p("sel"), p("seln"), p("lg"));
         self.launch_rows(
@@ -1052,7 +1151,10 @@ impl CudaModel {
         self.gpu
             .gemm(self.dt, r, self.shard.chunk, h, seln, head, lg)?;
         if let Some(c) = &self.comms.tp {
-            c.all_gather(lg, p("lgall"), r * self.shard.chunk, self.dt)?;
+            self.gpu.timed(
+                || c.all_gather(lg, p("lgall"), r * self.shard.chunk, self.dt),
+                |_| "nccl all_gather".into(),
+            )?;
         }
         Ok(())
     }
@@ -1092,6 +1194,34 @@ impl CudaModel {
 mod tests {
     use super::*;
     use crate::rank::kv::BlockTable;
+
+    #[test]
+    fn decode_attention_groups_query_heads_where_the_kernel_fits() {
+        use DecodeAttention::*;
+        // Llama-3-8B: head_dim 128, 4 query heads per KV head.
+        assert_eq!(DecodeAttention::choose(128, 4, false), Grouped { gm: 4, tg: 16 });
+        // Qwen2-0.5B at TP1 (7 per KV head) rounds up; tiny test models take 1-2 lanes.
+        assert_eq!(DecodeAttention::choose(64, 7, false), Grouped { gm: 8, tg: 8 });
+        assert_eq!(DecodeAttention::choose(8, 2, false), Grouped { gm: 2, tg: 1 });
+        assert_eq!(DecodeAttention::choose(16, 1, false), Grouped { gm: 1, tg: 2 });
+        assert_eq!(DecodeAttention::choose(256, 8, false), Grouped { gm: 8, tg: 32 });
+        // Too many query heads per KV head, odd or too wide heads, or asked for.
+        assert_eq!(DecodeAttention::choose(128, 16, false), PerHead);
+        assert_eq!(DecodeAttention::choose(100, 4, false), PerHead);
+        assert_eq!(DecodeAttention::choose(512, 4, false), PerHead);
+        assert_eq!(DecodeAttention::choose(128, 4, true), PerHead);
+    }
+
+    #[test]
+    fn few_decode_tokens_split_their_keys_to_fill_the_gpu() {
+        // One token, 8 KV heads, 132 SMs: 33 parts → capped at 32 (256 blocks).
+        assert_eq!(splits(1, 8, 132), 32);
+        assert_eq!(splits(4, 8, 132), 9);
+        // 33 tokens × 8 heads = 264 blocks already fill the GPU twice.
+        assert_eq!(splits(33, 8, 132), 1);
+        assert_eq!(splits(256, 8, 132), 1);
+        assert_eq!(splits(0, 8, 132), 32);
+    }
 
     fn chunk<'a>(tokens: &'a [u32], start: usize, table: &'a BlockTable) -> SeqChunk<'a> {
         SeqChunk {
