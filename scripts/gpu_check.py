@@ -13,6 +13,7 @@ Checks:
   real      real trained weights (SmolLM2-135M-Instruct, --real DIR) in bf16: teacher-forced top-1 agreement
             with transformers bf16 over >= 1,024 positions of English text (this README), TP 1 and PP 2
   decode    the decode GEMV kernel against cuBLAS and float32 on the first decode step; decode speed
+            (GPU_CHECK_VARIANTS=tuned,per-head keeps the variants whose labels contain one of those)
             with and without CUDA graphs, GEMV and cuBLAS
   refusals  3 ranks on 2 GPUs, two ranks on one GPU, a --max-model-len that does not fit
   twonode   two rrun agents (--nnodes 2, one GPU each) serving TP 2 answer as one agent does
@@ -277,6 +278,9 @@ def decode(bins, tmp, n_gpus, model):
                 ("GEMV for every decode GEMM, CUDA graphs", {"RRANK_GEMV": "1"}, False),
                 ("per-head attention (no GQA grouping or split-KV), CUDA graphs", {"RRANK_ATTENTION": "per-head"}, False),
                 ("tuned, eager", {}, True)]
+    keep = [v for v in os.environ.get("GPU_CHECK_VARIANTS", "").split(",") if v]
+    if keep:
+        variants = [v for v in variants if any(k in v[0] for k in keep)]
     for tp in ([1, 2] if n_gpus >= 2 else [1]):
         for label, env, eager in variants:
             p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", tp, bins / "rrank", "generate", "--model", model,

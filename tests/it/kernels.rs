@@ -52,6 +52,8 @@ fn launch_threads(kernel: &str) -> u64 {
         "attention" => 1024,
         // grouped decode attention: RR_DEC_THREADS.
         b if b.starts_with("attention_decode") => 128,
+        // tensor-core prefill attention: two warps.
+        b if b.starts_with("attention_prefill_tc") => 64,
         _ => 256,
     }
 }

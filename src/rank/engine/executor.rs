@@ -28,6 +28,15 @@ pub struct StepOut {
 }
 
 impl Backend {
+    /// Where this rank's step time went on the GPU backend (host preparation,
+    /// launches, waiting for the GPU and sampling), for the shutdown log.
+    pub fn step_times(&self) -> Option<String> {
+        match self {
+            Backend::Cuda(m) => m.step_times(),
+            _ => None,
+        }
+    }
+
     /// Bytes of weights this rank holds.
     pub fn weight_bytes(&self) -> usize {
         match self {

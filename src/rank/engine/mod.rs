@@ -67,6 +67,9 @@ impl StepKind {
 pub struct StepStats {
     pub decode: StepKind,
     pub prefill: StepKind,
+    /// Rank 0's engine time around the steps (scheduling, plan encoding, token
+    /// bookkeeping and stream events), summed.
+    pub around: f64,
 }
 
 impl StepStats {
@@ -83,10 +86,12 @@ impl StepStats {
 
     /// One line for the log.
     pub fn summary(&self) -> String {
+        let n = (self.decode.steps + self.prefill.steps).max(1) as f64;
         format!(
-            "steps: {}, {}",
+            "steps: {}, {}; engine work around each step (schedule, plan, token updates) mean {:.2} ms",
             self.decode.describe("decode-only"),
-            self.prefill.describe("with prefill")
+            self.prefill.describe("with prefill"),
+            self.around * 1e3 / n
         )
     }
 }
@@ -165,6 +170,7 @@ impl Engine {
             while let Ok(s) = rx.try_recv() {
                 self.sched.add(s.req, s.events);
             }
+            let t_loop = std::time::Instant::now();
             self.sched.reap_aborted();
             let seqs = self.sched.schedule();
             *stats.lock().unwrap() = self.stats();
@@ -178,8 +184,10 @@ impl Engine {
             }
             match self.exec.step(comm, &seqs) {
                 Ok(Some(drawn)) => {
-                    self.steps.record(&seqs, t.elapsed().as_secs_f64());
-                    self.sched.update(&seqs, &drawn, &self.codec)
+                    let step = t.elapsed().as_secs_f64();
+                    self.steps.record(&seqs, step);
+                    self.sched.update(&seqs, &drawn, &self.codec);
+                    self.steps.around += t_loop.elapsed().as_secs_f64() - step;
                 }
                 Ok(None) => unreachable!("rank 0 receives the tokens"),
                 Err(e) => break Err(format!("step failed: {e}")),
@@ -189,6 +197,9 @@ impl Engine {
         let _ = comm.broadcast(&world, 0, Plan::Shutdown.encode());
         if self.steps.decode.steps + self.steps.prefill.steps > 0 {
             eprintln!("rrank: {}", self.steps.summary());
+            if let Some(t) = self.exec.backend.step_times() {
+                eprintln!("rrank: {t}");
+            }
         }
         result
     }
@@ -230,9 +241,10 @@ mod tests {
             }
         );
         assert_eq!((st.prefill.steps, st.prefill.tokens), (1, 31));
+        st.around = 0.003;
         assert_eq!(
             st.summary(),
-            "steps: 2 decode-only (mean 15.00 ms, 2 tokens, 2 sequences), 1 with prefill (mean 50.00 ms, 31 tokens, 2 sequences)"
+            "steps: 2 decode-only (mean 15.00 ms, 2 tokens, 2 sequences), 1 with prefill (mean 50.00 ms, 31 tokens, 2 sequences); engine work around each step (schedule, plan, token updates) mean 1.00 ms"
         );
     }
 }

@@ -392,7 +392,10 @@ impl Gpu {
 
     /// Launches kernel `name` on the stream.
     pub fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
-        self.timed(|| self.launch_now(name, grid, block, args), |_| name.to_string())
+        self.timed(
+            || self.launch_now(name, grid, block, args),
+            |_| name.to_string(),
+        )
     }
 
     fn launch_now(&self, name: &str, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
@@ -550,11 +553,16 @@ impl Drop for Gpu {
 }
 
 /// Names of the `extern "C" __global__` kernels a module defines, from the
-/// instantiation macros (`RR_FOR_TYPES(X)` with `#define X(S, T) ... void name_##S(`).
+/// instantiation macros: `#define X(S, T) ... void name_##S(` instantiated by
+/// `RR_FOR_TYPES(X)` (f32, bf16, f16) or `RR_FOR_16BIT(X)` (bf16, f16).
 pub fn kernel_names(src: &str) -> Vec<String> {
-    let mut out = vec![];
+    let mut stems: Vec<(String, String)> = vec![];
+    let mut define = String::new();
     for line in src.lines() {
         let line = line.trim_start();
+        if let Some(d) = line.strip_prefix("#define ") {
+            define = d.split('(').next().unwrap_or("").trim().to_string();
+        }
         // `__global__ void name(` or `__global__ __launch_bounds__(N) void name(`
         let Some(rest) = line
             .split("__global__ ")
@@ -563,10 +571,19 @@ pub fn kernel_names(src: &str) -> Vec<String> {
         else {
             continue;
         };
-        let Some(base) = rest.split('(').next() else {
-            continue;
-        };
-        let base = base.trim();
+        if let Some(base) = rest.split('(').next() {
+            stems.push((define.clone(), base.trim().to_string()));
+        }
+    }
+    let types = |define: &str| -> &'static [&'static str] {
+        if src.contains(&format!("RR_FOR_16BIT({define})")) {
+            &["bf16", "f16"]
+        } else {
+            &["f32", "bf16", "f16"]
+        }
+    };
+    let mut out = vec![];
+    for (define, base) in stems {
         if let Some(stem) = base.strip_suffix("##_##DS") {
             // convert_##SS##_##DS
             let stem = stem.trim_end_matches("##SS");
@@ -576,7 +593,7 @@ pub fn kernel_names(src: &str) -> Vec<String> {
                 }
             }
         } else if let Some(stem) = base.strip_suffix("##S") {
-            for s in ["f32", "bf16", "f16"] {
+            for s in types(&define) {
                 out.push(format!("{stem}{s}"));
             }
         }
@@ -604,8 +621,11 @@ mod tests {
         assert!(llama.contains(&"gemv1_bf16".to_string()));
         assert!(llama.contains(&"attention_decode4_bf16".to_string()));
         assert!(llama.contains(&"attention_merge_f32".to_string()));
-        // convert (9), 10 kernels × 3 types, gemv and attention_decode × 4 sizes × 3.
-        assert_eq!(llama.len(), 9 + 3 * 10 + 2 * 3 * 4, "{llama:?}");
+        assert!(llama.contains(&"attention_prefill_tc128_bf16".to_string()));
+        assert!(!llama.contains(&"attention_prefill_tc128_f32".to_string()));
+        // convert (9), 10 kernels × 3 types, gemv and attention_decode × 4 sizes × 3,
+        // attention_prefill_tc × 2 head sizes × 2 16-bit types.
+        assert_eq!(llama.len(), 9 + 3 * 10 + 2 * 3 * 4 + 2 * 2, "{llama:?}");
         assert_eq!(
             kernel_names(nvrtc::MODULES[1].1),
             ["sample_f32", "sample_bf16", "sample_f16"]

@@ -307,6 +307,12 @@ pub struct CudaModel {
     ws_epoch: u64,
     pub graphs: Graphs,
     attention: DecodeAttention,
+    /// Seconds of host time per step phase: metadata and buffers, launches, then
+    /// waiting for the GPU and sampling; and the steps counted.
+    times: ([f64; 3], u64),
+    /// Prefill tiles take the tensor-core kernel (bf16/f16, head_dim 64 or 128;
+    /// `RRANK_PREFILL_ATTENTION=cuda-cores` for the f32-arithmetic one).
+    prefill_tc: bool,
     staging: Option<DevBuf>,
     comms: Comms,
     pub gpu: Gpu,
@@ -395,6 +401,10 @@ impl CudaModel {
                 (cfg.num_heads / cfg.num_kv_heads).min(shard.heads),
                 std::env::var("RRANK_ATTENTION").as_deref() == Ok("per-head"),
             ),
+            times: ([0.0; 3], 0),
+            prefill_tc: dt != DType::F32
+                && matches!(cfg.head_dim, 64 | 128)
+                && std::env::var("RRANK_PREFILL_ATTENTION").as_deref() != Ok("cuda-cores"),
             staging: None,
             comms,
             dt,
@@ -760,6 +770,7 @@ impl CudaModel {
         sampler: bool,
     ) -> Result<Option<StepOut>> {
         let bs = self.block_size;
+        let t0 = std::time::Instant::now();
         let decode = !want_logits && chunks.iter().all(|c| c.tokens.len() == 1 && !c.all_logits);
         let real = chunks.iter().map(|c| c.tokens.len()).sum::<usize>();
         let bucket = if decode && self.graphs.enabled {
@@ -792,10 +803,15 @@ impl CudaModel {
         self.gpu.sync()?;
         self.reserve(t, r, draws.len(), pens, m.blocks.len())?;
         let at = self.upload_meta(&m)?;
+        let t1 = std::time::Instant::now();
         match bucket {
             Some(n) => self.forward_graphed(n, r, &at)?,
             None => self.forward(t, r, &at)?,
         }
+        let t2 = std::time::Instant::now();
+        self.times.0[0] += (t1 - t0).as_secs_f64();
+        self.times.0[1] += (t2 - t1).as_secs_f64();
+        self.times.1 += 1;
         if !self.place.last_stage() || !sampler {
             return Ok(None);
         }
@@ -822,10 +838,25 @@ impl CudaModel {
         } else {
             None
         };
+        self.times.0[2] += t2.elapsed().as_secs_f64();
         Ok(Some(StepOut {
             sampled,
             logits: host,
         }))
+    }
+
+    /// Mean host time per step by phase (None before the first step).
+    pub fn step_times(&self) -> Option<String> {
+        let ([prep, launch, finish], n) = self.times;
+        (n > 0).then(|| {
+            let ms = |s: f64| s * 1e3 / n as f64;
+            format!(
+                "GPU rank step phases (mean of {n}): {:.2} ms metadata and buffers, {:.2} ms launches, {:.2} ms waiting for the GPU and sampling",
+                ms(prep),
+                ms(launch),
+                ms(finish)
+            )
+        })
     }
 
     /// Runs the forward on padding tokens (nothing is written to the KV cache) once
@@ -1044,11 +1075,7 @@ impl CudaModel {
                     .i32(window)
             };
             if at.n_one > 0 {
-                let args = Args::new()
-                    .ptr(qkv)
-                    .ptr(kc.ptr)
-                    .ptr(vc.ptr)
-                    .ptr(attn);
+                let args = Args::new().ptr(qkv).ptr(kc.ptr).ptr(vc.ptr).ptr(attn);
                 let sfx = self.dt.suffix();
                 let n_one = at.n_one as u32;
                 let list = |a: Args| a.ptr(at.one).ptr(at.pos).ptr(at.tab).ptr(at.blocks);
@@ -1086,10 +1113,14 @@ impl CudaModel {
                 }
             }
             if at.n_tiles > 0 {
+                let (name, threads) = match self.prefill_tc {
+                    true => (format!("attention_prefill_tc{hd}_{}", self.dt.suffix()), 64),
+                    false => (format!("attention_prefill_{}", self.dt.suffix()), 256),
+                };
                 self.gpu.launch(
-                    &format!("attention_prefill_{}", self.dt.suffix()),
+                    &name,
                     (at.n_tiles as u32, self.shard.heads as u32, 1),
-                    256,
+                    threads,
                     common(
                         Args::new()
                             .ptr(qkv)
@@ -1199,12 +1230,27 @@ mod tests {
     fn decode_attention_groups_query_heads_where_the_kernel_fits() {
         use DecodeAttention::*;
         // Llama-3-8B: head_dim 128, 4 query heads per KV head.
-        assert_eq!(DecodeAttention::choose(128, 4, false), Grouped { gm: 4, tg: 16 });
+        assert_eq!(
+            DecodeAttention::choose(128, 4, false),
+            Grouped { gm: 4, tg: 16 }
+        );
         // Qwen2-0.5B at TP1 (7 per KV head) rounds up; tiny test models take 1-2 lanes.
-        assert_eq!(DecodeAttention::choose(64, 7, false), Grouped { gm: 8, tg: 8 });
-        assert_eq!(DecodeAttention::choose(8, 2, false), Grouped { gm: 2, tg: 1 });
-        assert_eq!(DecodeAttention::choose(16, 1, false), Grouped { gm: 1, tg: 2 });
-        assert_eq!(DecodeAttention::choose(256, 8, false), Grouped { gm: 8, tg: 32 });
+        assert_eq!(
+            DecodeAttention::choose(64, 7, false),
+            Grouped { gm: 8, tg: 8 }
+        );
+        assert_eq!(
+            DecodeAttention::choose(8, 2, false),
+            Grouped { gm: 2, tg: 1 }
+        );
+        assert_eq!(
+            DecodeAttention::choose(16, 1, false),
+            Grouped { gm: 1, tg: 2 }
+        );
+        assert_eq!(
+            DecodeAttention::choose(256, 8, false),
+            Grouped { gm: 8, tg: 32 }
+        );
         // Too many query heads per KV head, odd or too wide heads, or asked for.
         assert_eq!(DecodeAttention::choose(128, 16, false), PerHead);
         assert_eq!(DecodeAttention::choose(100, 4, false), PerHead);

@@ -128,14 +128,23 @@ mod tests {
         let r = report(&t);
         let lines: Vec<&str> = r.lines().collect();
         assert!(lines[1].starts_with("gemm lt"), "{r}");
-        assert!(lines[1].contains("75.0%") && lines[1].contains("93.8"), "{r}");
-        assert!(lines[2].contains("25.0%") && lines[2].contains("15.6"), "{r}");
+        assert!(
+            lines[1].contains("75.0%") && lines[1].contains("93.8"),
+            "{r}"
+        );
+        assert!(
+            lines[2].contains("25.0%") && lines[2].contains("15.6"),
+            "{r}"
+        );
         assert!(lines[3].contains("4.00"), "{r}");
     }
 
     #[test]
     fn gemm_labels_keep_decode_and_prefill_rows_apart() {
         assert_eq!(gemm_label("lt", 3, 6144, 4096), "gemm lt n=6144 k=4096 m≤3");
-        assert_eq!(gemm_label("blas", 300, 6144, 4096), "gemm blas n=6144 k=4096 m≤512");
+        assert_eq!(
+            gemm_label("blas", 300, 6144, 4096),
+            "gemm blas n=6144 k=4096 m≤512"
+        );
     }
 }
