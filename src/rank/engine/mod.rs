@@ -179,7 +179,10 @@ impl Engine {
                 continue;
             }
             let t = std::time::Instant::now();
-            if let Err(e) = comm.broadcast(&world, 0, Plan::Step(seqs.clone()).encode()) {
+            // One rank alone has no followers to tell.
+            if world.len() > 1
+                && let Err(e) = comm.broadcast(&world, 0, Plan::Step(seqs.clone()).encode())
+            {
                 break Err(format!("broadcasting a step: {e}"));
             }
             match self.exec.step(comm, &seqs) {

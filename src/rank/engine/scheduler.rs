@@ -8,12 +8,14 @@
 
 use std::collections::VecDeque;
 
+use rayon::prelude::*;
+
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::plan::PlanSeq;
 use super::sampler::{Sampled, SamplingParams};
 use crate::rank::kv::{BlockAllocator, BlockTable};
-use crate::rank::tokenizer::TextCodec;
+use crate::rank::tokenizer::{Detokenizer, TextCodec};
 
 /// A generation request as the engine sees it (already tokenized and validated).
 #[derive(Debug, Clone)]
@@ -65,8 +67,11 @@ struct Seq {
     id: u64,
     req: GenRequest,
     out: Vec<u32>,
-    /// Text sent so far.
-    sent: String,
+    /// The output's text so far (complete characters) and how many of its bytes
+    /// have been sent.
+    text: String,
+    sent: usize,
+    detok: Detokenizer,
     /// Positions whose K/V are in the cache.
     computed: usize,
     table: BlockTable,
@@ -150,7 +155,9 @@ impl Scheduler {
             id,
             req,
             out: vec![],
-            sent: String::new(),
+            text: String::new(),
+            sent: 0,
+            detok: Detokenizer::default(),
             computed: 0,
             table: BlockTable::default(),
             hashes: vec![],
@@ -286,88 +293,130 @@ impl Scheduler {
     pub fn update(&mut self, plan: &[PlanSeq], drawn: &[Sampled], codec: &TextCodec) {
         // The step's K/V are in the cache now: register newly full blocks.
         for p in plan {
-            if let Some(s) = self.active.iter_mut().find(|s| s.id == p.id) {
+            if let Some(s) = self.active.iter_mut().find(|s| s.id == p.id)
+                && self.alloc.has_uncommitted(s.computed, s.hashes.len())
+            {
                 let all: Vec<u32> = (0..s.computed).map(|i| s.token(i)).collect();
                 self.alloc.commit(&all, s.computed, &s.table, &mut s.hashes);
             }
         }
-        let mut it = drawn.iter();
-        for p in plan.iter().filter(|p| p.sample) {
-            let Some(d) = it.next() else { break };
-            let tok = d.token;
+        // Phase 1: append each drawn token and see whether it ends its sequence.
+        struct Drawn<'a> {
+            idx: usize,
+            d: &'a Sampled,
+            finish: Option<Finish>,
+            out_of_room: bool,
+        }
+        let mut now: Vec<Drawn> = vec![];
+        for (p, d) in plan.iter().filter(|p| p.sample).zip(drawn) {
             let Some(idx) = self.active.iter().position(|s| s.id == p.id) else {
                 continue;
             };
             self.counters.generation_tokens += 1;
-            let max_len = self.limits.max_model_len;
             let s = &mut self.active[idx];
-            s.out.push(tok);
-            let mut finish = None;
-            if !s.req.ignore_eos && self.eos.contains(&tok) {
-                finish = Some(Finish::Stop(None));
-            } else if s.req.stop_token_ids.contains(&tok) {
-                finish = Some(Finish::Stop(Some(StopReason::Token(tok))));
-            }
-            // Text: decode what is not a stop token; hold back a possible stop-string prefix.
-            let visible: &[u32] = if finish.is_some() {
-                &s.out[..s.out.len() - 1]
+            s.out.push(d.token);
+            let finish = if !s.req.ignore_eos && self.eos.contains(&d.token) {
+                Some(Finish::Stop(None))
+            } else if s.req.stop_token_ids.contains(&d.token) {
+                Some(Finish::Stop(Some(StopReason::Token(d.token))))
             } else {
-                &s.out
+                None
             };
-            let mut text = codec.decode(visible);
-            if finish.is_none()
-                && let Some((at, stop)) = s
+            let out_of_room =
+                s.out.len() >= s.req.max_tokens || s.total() >= self.limits.max_model_len;
+            now.push(Drawn {
+                idx,
+                d,
+                finish,
+                out_of_room,
+            });
+        }
+        // Phase 2, in parallel across sequences: the new text. A stop token's own text
+        // is never shown; at the end the held tail (an incomplete character) goes out.
+        let mut mode = vec![0u8; self.active.len()];
+        for n in &now {
+            mode[n.idx] = match (&n.finish, n.out_of_room) {
+                (Some(_), _) => 3,
+                (None, true) => 2,
+                (None, false) => 1,
+            };
+        }
+        let mut pieces: Vec<String> = self
+            .active
+            .par_iter_mut()
+            .zip(mode.par_iter())
+            .map(|(s, m)| match m {
+                1 => s.detok.next(codec, &s.out),
+                2 => s.detok.finish(codec, &s.out),
+                3 => s.detok.finish(codec, &s.out[..s.out.len() - 1]),
+                _ => String::new(),
+            })
+            .collect();
+        // Phase 3: stop strings, the text to send, events; finished sequences leave last.
+        let mut done = vec![];
+        for n in now {
+            let s = &mut self.active[n.idx];
+            let mut finish = n.finish;
+            s.text.push_str(&std::mem::take(&mut pieces[n.idx]));
+            // Sending holds back the longest stop string's length − 1 bytes, so no
+            // match can start before the text sent so far.
+            let hold = s
+                .req
+                .stop
+                .iter()
+                .map(|st| st.len().saturating_sub(1))
+                .max()
+                .unwrap_or(0);
+            if finish.is_none() && !s.req.stop.is_empty() {
+                let mut from = s.sent.min(s.text.len());
+                while !s.text.is_char_boundary(from) {
+                    from -= 1;
+                }
+                let text = &s.text;
+                if let Some((at, stop)) = s
                     .req
                     .stop
                     .iter()
-                    .filter_map(|st| text.find(st.as_str()).map(|a| (a, st.clone())))
+                    .filter_map(|st| text[from..].find(st.as_str()).map(|a| (from + a, st)))
                     .min_by_key(|(a, _)| *a)
-            {
-                text.truncate(at);
-                finish = Some(Finish::Stop(Some(StopReason::Text(stop))));
+                {
+                    let stop = stop.clone();
+                    s.text.truncate(at);
+                    finish = Some(Finish::Stop(Some(StopReason::Text(stop))));
+                }
             }
-            if finish.is_none() && (s.out.len() >= s.req.max_tokens || s.total() >= max_len) {
+            if finish.is_none() && n.out_of_room {
                 finish = Some(Finish::Length);
             }
-            let mut upto = text.len();
+            let mut upto = s.text.len();
             if finish.is_none() {
-                if text.ends_with('\u{FFFD}') {
-                    upto = text.trim_end_matches('\u{FFFD}').len(); // an incomplete UTF-8 sequence
-                }
-                let hold = s
-                    .req
-                    .stop
-                    .iter()
-                    .map(|st| st.len().saturating_sub(1))
-                    .max()
-                    .unwrap_or(0);
-                upto = upto.saturating_sub(hold).max(s.sent.len().min(upto));
-                while !text.is_char_boundary(upto) {
+                upto = upto.saturating_sub(hold).max(s.sent.min(upto));
+                while !s.text.is_char_boundary(upto) {
                     upto -= 1;
                 }
             }
-            let delta = if upto > s.sent.len() && text.starts_with(&s.sent) {
-                text[s.sent.len()..upto].to_string()
-            } else {
-                String::new()
-            };
-            s.sent.push_str(&delta);
+            let delta = s.text.get(s.sent..upto).unwrap_or("").to_string();
+            s.sent = s.sent.max(upto);
             let _ = s.events.send(Event::Token {
                 text: delta,
-                token: tok,
-                logprob: d.logprob,
-                top: d.top.clone(),
+                token: n.d.token,
+                logprob: n.d.logprob,
+                top: n.d.top.clone(),
             });
             if let Some(f) = finish {
-                let mut s = self.active.remove(idx);
-                self.alloc.release(&mut s.table);
-                self.counters.finished += 1;
-                let _ = s.events.send(Event::Done {
-                    finish: f,
-                    prompt_tokens: s.req.prompt.len(),
-                    completion_tokens: s.out.len(),
-                });
+                done.push((n.idx, f));
             }
+        }
+        done.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (idx, f) in done {
+            let mut s = self.active.remove(idx);
+            self.alloc.release(&mut s.table);
+            self.counters.finished += 1;
+            let _ = s.events.send(Event::Done {
+                finish: f,
+                prompt_tokens: s.req.prompt.len(),
+                completion_tokens: s.out.len(),
+            });
         }
     }
 }

@@ -123,6 +123,12 @@ impl BlockAllocator {
         (hashes.len() * bs, hashes)
     }
 
+    /// Whether a sequence with `computed` positions and `hashed` registered blocks
+    /// has a full block [`BlockAllocator::commit`] would register.
+    pub fn has_uncommitted(&self, computed: usize, hashed: usize) -> bool {
+        self.prefix_caching && (hashed + 1) * self.block_size <= computed
+    }
+
     /// Registers the full blocks of `tokens[..computed]` not yet registered.
     pub fn commit(
         &mut self,
