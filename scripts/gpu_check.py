@@ -12,6 +12,8 @@ Checks:
             own eager-vs-sdpa spread for scale), and float32 against transformers float32
   real      real trained weights (SmolLM2-135M-Instruct, --real DIR) in bf16: teacher-forced top-1 agreement
             with transformers bf16 over >= 1,024 positions of English text (this README), TP 1 and PP 2
+  shapes    attention variants (head_dim 64/96/128, 1/4/8 query heads per KV head) in bf16 against
+            transformers on small 2-layer models: prefill and the first decode step
   decode    the decode GEMV kernel against cuBLAS and float32 on the first decode step; decode speed
             (GPU_CHECK_VARIANTS=tuned,per-head keeps the variants whose labels contain one of those)
             with and without CUDA graphs, GEMV and cuBLAS
@@ -130,6 +132,54 @@ res["argmax_f32"] = lg.argmax(-1).tolist()
 res["last_f32"] = lg[-1].tolist()
 json.dump(res, open(out, "w"))
 """
+
+
+SHAPE_REF = r"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+path, ids = sys.argv[1], json.loads(sys.argv[2])
+res = {}
+for name, dt in (("bf16", torch.bfloat16), ("f32", torch.float32)):
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=dt, device_map="cuda:0").eval()
+    with torch.no_grad():
+        res[name] = m(torch.tensor([ids]).cuda()).logits[0].float().tolist()
+print(json.dumps(res))
+"""
+
+# (head_dim, query heads, KV heads): tensor-core prefill at 64 and 128, the CUDA-core tiles at 96;
+# grouped decode attention with 1, 4 and 8 query heads per KV head and partial lane teams (96).
+SHAPES = [(64, 8, 8), (64, 16, 2), (96, 8, 4), (128, 8, 1), (128, 32, 8)]
+
+
+def shapes(bins, tmp, n_gpus):
+    """bf16 attention variants against transformers: a 300-token prefill and the first decode
+    step of small 2-layer models. Pass when rrank's mean |logit - float32| is at most 1.5× (+1e-3)
+    transformers bf16's on the same positions."""
+    g = __import__("random").Random(5)
+    ids = [g.randrange(4, 300) for _ in range(300)]
+    for hd, heads, kv in SHAPES:
+        model = tmp / f"shape-{hd}-{heads}-{kv}"
+        run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", f"shape:{hd}:{heads}:{kv}", model])
+        for tp in ([1, 2] if n_gpus >= 2 and (hd, heads, kv) == SHAPES[-1] else [1]):
+            name = f"shape hd{hd} {heads}/{kv} heads bf16 tp{tp}"
+            dump = tmp / f"shape-{hd}-{heads}-{kv}-{tp}.json"
+            p, _ = generate(bins, model, tp, ["-tp", tp, "--prompt-ids", ",".join(map(str, ids)), "--max-tokens", 2,
+                                              "--ignore-eos"], dump, timeout=90)
+            if p.returncode != 0:
+                check(name, False, f"exit {p.returncode}")
+                continue
+            got = json.loads(dump.read_text())
+            q, _ = run([sys.executable, "-c", SHAPE_REF, model, json.dumps(ids + got["tokens"][:1])], timeout=180)
+            if q.returncode != 0:
+                check(name, False, "transformers reference: " + q.stderr[-800:])
+                continue
+            ref = json.loads(q.stdout.strip().splitlines()[-1])
+            mean = lambda a, b: sum(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)) / sum(map(len, a))
+            pre, pre_hf = mean(got["prompt_logits"], ref["f32"][:300]), mean(ref["bf16"][:300], ref["f32"][:300])
+            dec, dec_hf = mean([got["decode_logits"]], ref["f32"][300:]), mean(ref["bf16"][300:], ref["f32"][300:])
+            check(name, pre <= 1.5 * pre_hf + 1e-3 and dec <= 1.5 * dec_hf + 1e-3,
+                  f"mean |logit - float32|: prefill {pre:.4f} (transformers bf16 {pre_hf:.4f}), "
+                  f"first decode step {dec:.4f} ({dec_hf:.4f})")
 
 
 def agreement(a, b):
@@ -370,7 +420,7 @@ def main():
     ap.add_argument("--tmp", default="/tmp/rrun-gpu-check")
     ap.add_argument("--model8b", default="/tmp/rrun-llama3-8b-random")
     ap.add_argument("--real", default="/tmp/smol/SmolLM2-135M-Instruct")
-    ap.add_argument("--only", default="tiny,sampler,8b,real,decode,refusals,twonode")
+    ap.add_argument("--only", default="tiny,sampler,shapes,8b,real,decode,refusals,twonode")
     ap.add_argument("--json", default=None)
     ap.add_argument("--prepare", action="store_true",
                     help="only make the random 8B checkpoint and transformers' references (no binaries needed)")
@@ -388,6 +438,8 @@ def main():
         tiny(bins, tmp, len(names))
     if "sampler" in only:
         sampler(bins, tmp)
+    if "shapes" in only:
+        shapes(bins, tmp, len(names))
     if "8b" in only:
         big(bins, tmp, len(names), Path(a.model8b))
     if "real" in only:

@@ -9,6 +9,10 @@
   make_gpu_model.py smoke OUT   a small Llama (4 layers, 768 hidden, 12 heads / 6 KV heads, so
                                 TP 1, 2 and 3 are valid placements) with the test models' BPE
                                 tokenizer and chat template, bf16: enough for the serving smoke test.
+  make_gpu_model.py shape:HD:HEADS:KV OUT
+                                a 2-layer Llama with that head_dim and query / KV head counts (512
+                                hidden, vocab 320, the smoke model's tokenizer), bf16: exercises the
+                                attention kernels' variants (gpu_check.py --only shapes).
 
 Weights are drawn on the GPU when one is there (seeded), then saved with save_pretrained.
 """
@@ -41,7 +45,13 @@ def config(kind):
                            num_attention_heads=12, num_key_value_heads=6, max_position_embeddings=4096,
                            rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
                            initializer_range=0.05, bos_token_id=0, eos_token_id=None)
-    sys.exit(f"unknown kind {kind!r}: use 8b, 70b or smoke")
+    if kind.startswith("shape:"):
+        hd, heads, kv = (int(x) for x in kind.split(":")[1:])
+        return LlamaConfig(vocab_size=320, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                           num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd,
+                           max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                           tie_word_embeddings=False, initializer_range=0.05, bos_token_id=0, eos_token_id=None)
+    sys.exit(f"unknown kind {kind!r}: use 8b, 70b, smoke or shape:HD:HEADS:KV")
 
 
 def word_tokenizer(out, vocab):
@@ -115,7 +125,7 @@ def main():
         with torch.device(dev):
             model = LlamaForCausalLM(cfg)
         model.save_pretrained(out, max_shard_size="5GB")
-    if kind == "smoke":  # the test models' BPE tokenizer and chat template
+    if kind == "smoke" or kind.startswith("shape:"):  # the test models' BPE tokenizer and chat template
         src = ROOT / "tests" / "data" / "llama"
         for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
             if (src / f).exists():
