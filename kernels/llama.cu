@@ -409,43 +409,20 @@ __device__ void attention_decode_impl(const T *qkv, const T *kc, const T *vc, T 
         }
     }
 }
+// The four instantiations differ only in GM (query heads per block).
+#define RR_DEC_PARAMS(T)                                                                         \
+    const T *qkv, const T *kc, const T *vc, T *out, float *part, const int *toks,                \
+        const int *tok_pos, const int *tok_tab, const int *blocks, int heads, int kvh_local,     \
+        int hd, int stride, int q_start, int group, int kv_start, int bs, float scale,          \
+        int window, int tg
+#define RR_DEC_ARGS                                                                              \
+    qkv, kc, vc, out, part, toks, tok_pos, tok_tab, blocks, heads, kvh_local, hd, stride,        \
+        q_start, group, kv_start, bs, scale, window, tg
 #define ATTENTION_DECODE(S, T)                                                                   \
-    extern "C" __global__ __launch_bounds__(RR_DEC_THREADS) void attention_decode1_##S(        \
-        const T *qkv, const T *kc, const T *vc, T *out, float *part, const int *toks,            \
-        const int *tok_pos, const int *tok_tab, const int *blocks, int heads, int kvh_local,     \
-        int hd, int stride, int q_start, int group, int kv_start, int bs, float scale,          \
-        int window, int tg) {                                                                    \
-        attention_decode_impl<T, 1>(qkv, kc, vc, out, part, toks, tok_pos, tok_tab, blocks,     \
-                                    heads, kvh_local, hd, stride, q_start, group, kv_start, bs, \
-                                    scale, window, tg);                                          \
-    }                                                                                            \
-    extern "C" __global__ __launch_bounds__(RR_DEC_THREADS) void attention_decode2_##S(        \
-        const T *qkv, const T *kc, const T *vc, T *out, float *part, const int *toks,            \
-        const int *tok_pos, const int *tok_tab, const int *blocks, int heads, int kvh_local,     \
-        int hd, int stride, int q_start, int group, int kv_start, int bs, float scale,          \
-        int window, int tg) {                                                                    \
-        attention_decode_impl<T, 2>(qkv, kc, vc, out, part, toks, tok_pos, tok_tab, blocks,     \
-                                    heads, kvh_local, hd, stride, q_start, group, kv_start, bs, \
-                                    scale, window, tg);                                          \
-    }                                                                                            \
-    extern "C" __global__ __launch_bounds__(RR_DEC_THREADS) void attention_decode4_##S(        \
-        const T *qkv, const T *kc, const T *vc, T *out, float *part, const int *toks,            \
-        const int *tok_pos, const int *tok_tab, const int *blocks, int heads, int kvh_local,     \
-        int hd, int stride, int q_start, int group, int kv_start, int bs, float scale,          \
-        int window, int tg) {                                                                    \
-        attention_decode_impl<T, 4>(qkv, kc, vc, out, part, toks, tok_pos, tok_tab, blocks,     \
-                                    heads, kvh_local, hd, stride, q_start, group, kv_start, bs, \
-                                    scale, window, tg);                                          \
-    }                                                                                            \
-    extern "C" __global__ __launch_bounds__(RR_DEC_THREADS) void attention_decode8_##S(        \
-        const T *qkv, const T *kc, const T *vc, T *out, float *part, const int *toks,            \
-        const int *tok_pos, const int *tok_tab, const int *blocks, int heads, int kvh_local,     \
-        int hd, int stride, int q_start, int group, int kv_start, int bs, float scale,          \
-        int window, int tg) {                                                                    \
-        attention_decode_impl<T, 8>(qkv, kc, vc, out, part, toks, tok_pos, tok_tab, blocks,     \
-                                    heads, kvh_local, hd, stride, q_start, group, kv_start, bs, \
-                                    scale, window, tg);                                          \
-    }
+    extern "C" __global__ __launch_bounds__(RR_DEC_THREADS) void attention_decode1_##S(RR_DEC_PARAMS(T)) { attention_decode_impl<T, 1>(RR_DEC_ARGS); } \
+    extern "C" __global__ __launch_bounds__(RR_DEC_THREADS) void attention_decode2_##S(RR_DEC_PARAMS(T)) { attention_decode_impl<T, 2>(RR_DEC_ARGS); } \
+    extern "C" __global__ __launch_bounds__(RR_DEC_THREADS) void attention_decode4_##S(RR_DEC_PARAMS(T)) { attention_decode_impl<T, 4>(RR_DEC_ARGS); } \
+    extern "C" __global__ __launch_bounds__(RR_DEC_THREADS) void attention_decode8_##S(RR_DEC_PARAMS(T)) { attention_decode_impl<T, 8>(RR_DEC_ARGS); }
 RR_FOR_TYPES(ATTENTION_DECODE)
 
 // ---- combines attention_decode's Z splits: one block per (listed token, local query
@@ -594,11 +571,14 @@ __device__ void attention_prefill_impl(const T *qkv, const T *kc, const T *vc, T
         }
     }
 }
-#define ATTENTION_PREFILL(S, T)                                                                  \
-    extern "C" __global__ void attention_prefill_##S(                                           \
-        const T *qkv, const T *kc, const T *vc, T *out, const int *tiles, const int *blocks,     \
+// The parameters of both prefill attention kernels (the tensor-core one ignores hd: its
+// template fixes it).
+#define RR_PREFILL_PARAMS(T)                                                                     \
+    const T *qkv, const T *kc, const T *vc, T *out, const int *tiles, const int *blocks,         \
         int heads, int kvh_local, int hd, int stride, int q_start, int group, int kv_start,      \
-        int bs, float scale, int window) {                                                       \
+        int bs, float scale, int window
+#define ATTENTION_PREFILL(S, T)                                                                  \
+    extern "C" __global__ void attention_prefill_##S(RR_PREFILL_PARAMS(T)) {                    \
         attention_prefill_impl<T>(qkv, kc, vc, out, tiles, blocks, heads, kvh_local, hd,        \
                                   stride, q_start, group, kv_start, bs, scale, window);          \
     }
@@ -773,19 +753,13 @@ __device__ void attention_prefill_tc_impl(const T *qkv, const T *kc, const T *vc
     }
 }
 #define ATTENTION_PREFILL_TC(S, T)                                                               \
-    extern "C" __global__ __launch_bounds__(64) void attention_prefill_tc64_##S(               \
-        const T *qkv, const T *kc, const T *vc, T *out, const int *tiles, const int *blocks,     \
-        int heads, int kvh_local, int hd, int stride, int q_start, int group, int kv_start,      \
-        int bs, float scale, int window) {                                                       \
-        attention_prefill_tc_impl<T, 64>(qkv, kc, vc, out, tiles, blocks, heads, kvh_local,     \
-                                         stride, q_start, group, kv_start, bs, scale, window);   \
-    }                                                                                            \
-    extern "C" __global__ __launch_bounds__(64) void attention_prefill_tc128_##S(              \
-        const T *qkv, const T *kc, const T *vc, T *out, const int *tiles, const int *blocks,     \
-        int heads, int kvh_local, int hd, int stride, int q_start, int group, int kv_start,      \
-        int bs, float scale, int window) {                                                       \
-        attention_prefill_tc_impl<T, 128>(qkv, kc, vc, out, tiles, blocks, heads, kvh_local,    \
-                                          stride, q_start, group, kv_start, bs, scale, window);  \
+    extern "C" __global__ __launch_bounds__(64) void attention_prefill_tc64_##S(RR_PREFILL_PARAMS(T)) {      \
+        attention_prefill_tc_impl<T, 64>(qkv, kc, vc, out, tiles, blocks, heads, kvh_local, stride, q_start, \
+                                         group, kv_start, bs, scale, window);                                  \
+    }                                                                                                          \
+    extern "C" __global__ __launch_bounds__(64) void attention_prefill_tc128_##S(RR_PREFILL_PARAMS(T)) {     \
+        attention_prefill_tc_impl<T, 128>(qkv, kc, vc, out, tiles, blocks, heads, kvh_local, stride, q_start, \
+                                          group, kv_start, bs, scale, window);                                  \
     }
 #define RR_FOR_16BIT(M) M(bf16, __nv_bfloat16) M(f16, __half)
 RR_FOR_16BIT(ATTENTION_PREFILL_TC)

@@ -23,6 +23,7 @@ Checks:
 import argparse
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def shapes(bins, tmp, n_gpus):
     """bf16 attention variants against transformers: a 300-token prefill and the first decode
     step of small 2-layer models. Pass when rrank's mean |logit - float32| is at most 1.5× (+1e-3)
     transformers bf16's on the same positions."""
-    g = __import__("random").Random(5)
+    g = random.Random(5)
     ids = [g.randrange(4, 300) for _ in range(300)]
     for hd, heads, kv in SHAPES:
         model = tmp / f"shape-{hd}-{heads}-{kv}"

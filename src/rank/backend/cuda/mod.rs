@@ -575,8 +575,14 @@ pub fn kernel_names(src: &str) -> Vec<String> {
             stems.push((define.clone(), base.trim().to_string()));
         }
     }
+    // Macros instantiated for the 16-bit types only.
+    let only16: Vec<&str> = src
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("RR_FOR_16BIT("))
+        .filter_map(|l| l.strip_suffix(')'))
+        .collect();
     let types = |define: &str| -> &'static [&'static str] {
-        if src.contains(&format!("RR_FOR_16BIT({define})")) {
+        if only16.contains(&define) {
             &["bf16", "f16"]
         } else {
             &["f32", "bf16", "f16"]

@@ -307,6 +307,8 @@ pub struct CudaModel {
     ws_epoch: u64,
     pub graphs: Graphs,
     attention: DecodeAttention,
+    /// Bytes of the decode attention's split partials ([`CudaModel::part_bytes`]).
+    part_max: usize,
     /// Seconds of host time per step phase: metadata and buffers, launches, then
     /// waiting for the GPU and sampling; and the steps counted.
     times: ([f64; 3], u64),
@@ -401,6 +403,7 @@ impl CudaModel {
                 (cfg.num_heads / cfg.num_kv_heads).min(shard.heads),
                 std::env::var("RRANK_ATTENTION").as_deref() == Ok("per-head"),
             ),
+            part_max: 0,
             times: ([0.0; 3], 0),
             prefill_tc: dt != DType::F32
                 && matches!(cfg.head_dim, 64 | 128)
@@ -412,6 +415,7 @@ impl CudaModel {
             gpu,
             cfg,
         };
+        m.part_max = m.part_bytes();
         let inv = cpu::inv_freq(&m.cfg);
         m.inv_freq = m.gpu.alloc(inv.len() * 4)?;
         m.gpu.upload(m.inv_freq.ptr, &inv)?;
@@ -627,7 +631,7 @@ impl CudaModel {
         let vocab = self.cfg.vocab_size;
         let sizes: [(&'static str, usize); 17] = [
             ("meta", Meta::bytes(t, r, blocks)),
-            ("part", self.part_bytes(t)),
+            ("part", self.part_max),
             ("x", t * h * es),
             ("y", t * h * es),
             ("a", t * h * es),
@@ -658,16 +662,18 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Bytes of attention_decode's per-split partial results for up to `tokens`
-    /// tokens (only steps of few tokens are split).
-    fn part_bytes(&self, tokens: usize) -> usize {
+    /// Bytes of attention_decode's per-split partial results: the most any step can
+    /// need (only steps of fewer than 2 × SMs tokens are split), so the buffer is
+    /// sized once, not worked out again every step.
+    fn part_bytes(&self) -> usize {
         let (kvh, sms) = (self.shard.kv_heads, self.gpu.sms);
-        (1..=tokens.min(2 * sms))
-            .map(|n| match (self.attention, splits(n, kvh, sms)) {
-                (DecodeAttention::Grouped { .. }, z) if z > 1 => {
-                    n * self.shard.heads * z * (self.cfg.head_dim + 2) * 4
-                }
-                _ => 0,
+        if !matches!(self.attention, DecodeAttention::Grouped { .. }) {
+            return 0;
+        }
+        (1..=2 * sms)
+            .map(|n| match splits(n, kvh, sms) {
+                1 => 0,
+                z => n * self.shard.heads * z * (self.cfg.head_dim + 2) * 4,
             })
             .max()
             .unwrap_or(0)
@@ -1229,33 +1235,27 @@ mod tests {
     #[test]
     fn decode_attention_groups_query_heads_where_the_kernel_fits() {
         use DecodeAttention::*;
-        // Llama-3-8B: head_dim 128, 4 query heads per KV head.
-        assert_eq!(
-            DecodeAttention::choose(128, 4, false),
-            Grouped { gm: 4, tg: 16 }
-        );
-        // Qwen2-0.5B at TP1 (7 per KV head) rounds up; tiny test models take 1-2 lanes.
-        assert_eq!(
-            DecodeAttention::choose(64, 7, false),
-            Grouped { gm: 8, tg: 8 }
-        );
-        assert_eq!(
-            DecodeAttention::choose(8, 2, false),
-            Grouped { gm: 2, tg: 1 }
-        );
-        assert_eq!(
-            DecodeAttention::choose(16, 1, false),
-            Grouped { gm: 1, tg: 2 }
-        );
-        assert_eq!(
-            DecodeAttention::choose(256, 8, false),
-            Grouped { gm: 8, tg: 32 }
-        );
-        // Too many query heads per KV head, odd or too wide heads, or asked for.
-        assert_eq!(DecodeAttention::choose(128, 16, false), PerHead);
-        assert_eq!(DecodeAttention::choose(100, 4, false), PerHead);
-        assert_eq!(DecodeAttention::choose(512, 4, false), PerHead);
-        assert_eq!(DecodeAttention::choose(128, 4, true), PerHead);
+        let g = |gm, tg| Grouped { gm, tg };
+        // (head_dim, query heads per KV head, RRANK_ATTENTION=per-head) → kernel
+        for (hd, group, per_head, want) in [
+            // Llama-3-8B; Qwen2-0.5B at TP1 (7 rounds up to 8); tiny test models; wide heads.
+            (128, 4, false, g(4, 16)),
+            (64, 7, false, g(8, 8)),
+            (8, 2, false, g(2, 1)),
+            (16, 1, false, g(1, 2)),
+            (256, 8, false, g(8, 32)),
+            // Too many query heads per KV head, odd or too wide heads, or asked for.
+            (128, 16, false, PerHead),
+            (100, 4, false, PerHead),
+            (512, 4, false, PerHead),
+            (128, 4, true, PerHead),
+        ] {
+            assert_eq!(
+                DecodeAttention::choose(hd, group, per_head),
+                want,
+                "{hd} {group}"
+            );
+        }
     }
 
     #[test]
