@@ -23,7 +23,7 @@ fn every_kernel_compiles_with_nvrtc() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for module in ["llama", "sample"] {
+    for module in ["llama", "sample", "allreduce"] {
         for arch in ["sm_80", "sm_90"] {
             let line = stdout
                 .lines()
@@ -50,6 +50,8 @@ fn launch_threads(kernel: &str) -> u64 {
         "embed" | "rms_norm" | "rope_kv" | "gather_rows" | "sample" => 1024,
         // per-token attention: 1024 when a step has few blocks.
         "attention" => 1024,
+        // the one-shot all-reduce: RR_AR_THREADS.
+        "all_reduce" => 512,
         // grouped decode attention: RR_DEC_THREADS.
         b if b.starts_with("attention_decode") => 128,
         // tensor-core prefill attention: two warps.

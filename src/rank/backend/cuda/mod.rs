@@ -1,7 +1,8 @@
 //! The CUDA backend: one GPU per rank (LOCAL_RANK among the visible GPUs), one
 //! non-default stream, kernels from `kernels/` compiled by NVRTC ([`nvrtc`]),
 //! GEMMs through cuBLAS (f32 accumulate), NCCL communicators whose ids travel
-//! through the store ([`nccl`]), the sharded model with its paged KV cache in
+//! through the store ([`nccl`]) and a P2P one-shot all-reduce for small messages
+//! ([`allreduce`]), the sharded model with its paged KV cache in
 //! device memory ([`model`]) and sampling on the GPU ([`sample`]).
 //!
 //! Libraries are loaded at run time by cudarc; [`libs`] checks for them first so a
@@ -9,6 +10,7 @@
 //! raw pointers ([`DevBuf`]) passed to kernels by value, which keeps offsets into
 //! fused weights and workspaces simple.
 
+pub mod allreduce;
 pub mod libs;
 pub mod lt;
 pub mod model;
@@ -635,6 +637,10 @@ mod tests {
         assert_eq!(
             kernel_names(nvrtc::MODULES[1].1),
             ["sample_f32", "sample_bf16", "sample_f16"]
+        );
+        assert_eq!(
+            kernel_names(nvrtc::MODULES[2].1),
+            ["all_reduce_f32", "all_reduce_bf16", "all_reduce_f16"]
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The Llama family on one GPU rank, sharded exactly as the CPU model
 //! (`model/llama.rs`): fused q|k|v and gate|up column-parallel products, o and down
-//! row-parallel with an NCCL all-reduce each, a vocab-parallel embedding and LM
+//! row-parallel with an all-reduce each (NCCL, or the P2P one-shot of [`super::allreduce`]
+//! for small messages), a vocab-parallel embedding and LM
 //! head (padded to equal slices so one all-gather collects the logits), KV heads
 //! split or replicated, and a contiguous layer range per pipeline stage with NCCL
 //! send/recv between stages.
@@ -15,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use cudarc::driver::{CudaGraph, sys};
 
+use super::allreduce::CustomAllReduce;
 use super::nccl::Nccl;
 use super::profile;
 use super::sample::{self, MAX_TOP, Scratch};
@@ -284,6 +286,8 @@ impl Meta {
 /// Communicators: `tp` for the stage's reductions, `world` for stage hand-offs.
 struct Comms {
     tp: Option<Nccl>,
+    /// The tensor-parallel group's P2P path for small all-reduces, where it works.
+    custom: Option<CustomAllReduce>,
     world: Option<Nccl>,
 }
 
@@ -366,6 +370,7 @@ impl CudaModel {
         // waiting in ncclCommInitRank after they spent minutes loading.
         let mut comms = Comms {
             tp: None,
+            custom: None,
             world: None,
         };
         if let Some(store) = store {
@@ -382,6 +387,7 @@ impl CudaModel {
             if tp > 1 {
                 let name = format!("tp{}", place.pp_rank());
                 comms.tp = Some(Nccl::join(&gpu, store, attempt, &name, tr, tp)?);
+                comms.custom = CustomAllReduce::setup(&gpu, store, attempt, &name, tr, tp)?;
             }
         }
         let mut m = CudaModel {
@@ -680,6 +686,14 @@ impl CudaModel {
     }
 
     fn tp_all_reduce(&self, buf: u64, count: usize) -> Result<()> {
+        if let Some(ar) = &self.comms.custom
+            && ar.fits(buf, count, self.dt)
+        {
+            return self.gpu.timed(
+                || ar.run(&self.gpu, buf, count, self.dt),
+                |_| format!("p2p all_reduce {}", profile::count_label(count)),
+            );
+        }
         match &self.comms.tp {
             Some(c) => self.gpu.timed(
                 || c.all_reduce_sum(buf, count, self.dt),

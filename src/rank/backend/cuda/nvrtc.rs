@@ -14,9 +14,10 @@ use sha2::{Digest, Sha256};
 const COMMON: &str = include_str!("../../../../kernels/common.cuh");
 
 /// Every kernel module: (name, source without the prelude).
-pub const MODULES: [(&str, &str); 2] = [
+pub const MODULES: [(&str, &str); 3] = [
     ("llama", include_str!("../../../../kernels/llama.cu")),
     ("sample", include_str!("../../../../kernels/sample.cu")),
+    ("allreduce", include_str!("../../../../kernels/allreduce.cu")),
 ];
 
 /// The full source NVRTC compiles for a module.
