@@ -332,12 +332,15 @@ def decode(bins, tmp, n_gpus, model):
                 ("cublasGemmEx, CUDA graphs", {"RRANK_GEMV": "0", "RRANK_CUBLASLT": "0"}, False),
                 ("GEMV for every decode GEMM, CUDA graphs", {"RRANK_GEMV": "1"}, False),
                 ("per-head attention (no GQA grouping or split-KV), CUDA graphs", {"RRANK_ATTENTION": "per-head"}, False),
+                ("all-reduce through NCCL only (no P2P one-shot), CUDA graphs", {"RRANK_ALLREDUCE": "nccl"}, False),
                 ("tuned, eager", {}, True)]
     keep = [v for v in os.environ.get("GPU_CHECK_VARIANTS", "").split(",") if v]
     if keep:
         variants = [v for v in variants if any(k in v[0] for k in keep)]
     for tp in ([1, 2] if n_gpus >= 2 else [1]):
         for label, env, eager in variants:
+            if tp == 1 and "RRANK_ALLREDUCE" in env:
+                continue
             p, _ = run([bins / "rrun", "--standalone", "--nproc-per-node", tp, bins / "rrank", "generate", "--model", model,
                         "-tp", tp, "--prompt-ids", "1,2,3,4,5,6,7,8", "--max-tokens", 256, "--ignore-eos",
                         *(["--enforce-eager"] if eager else [])],
