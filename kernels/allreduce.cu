@@ -17,7 +17,7 @@
 // has fixed arguments and can be captured in a CUDA graph. A peer that never arrives
 // (it died) traps the kernel after RR_AR_TIMEOUT_NS instead of spinning forever.
 #define RR_AR_BLOCKS 64
-#define RR_AR_THREADS 512
+#define RR_AR_THREADS 512  // launched with this many threads (allreduce.rs)
 #define RR_AR_MAX_RANKS 8
 #define RR_AR_TIMEOUT_NS 120000000000ull
 
@@ -83,9 +83,9 @@ __device__ void all_reduce_impl(T *y, unsigned char *own, i64 n, i64 slot_bytes,
     __syncthreads();
     if (tid == 0) epochs[b] = e;
 }
-#define ALL_REDUCE(S, T)                                                                            \
-    extern "C" __global__ void __launch_bounds__(RR_AR_THREADS)                                     \
-        all_reduce_##S(T *y, unsigned char *own, i64 n, i64 slot_bytes, int rank, int size) {       \
-        all_reduce_impl<T>(y, own, n, slot_bytes, rank, size);                                      \
+#define ALL_REDUCE(S, T)                                                                           \
+    extern "C" __global__ void all_reduce_##S(T *y, unsigned char *own, i64 n, i64 slot_bytes, int rank, \
+                                              int size) {                                          \
+        all_reduce_impl<T>(y, own, n, slot_bytes, rank, size);                                     \
     }
 RR_FOR_TYPES(ALL_REDUCE)

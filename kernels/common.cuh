@@ -56,12 +56,30 @@ template <typename T> __device__ __forceinline__ Raw8<T> ld8(const T *p) {
     for (int i = 0; i < (int)(sizeof(r.v) / sizeof(uint4)); i++) r.v[i] = reinterpret_cast<const uint4 *>(p)[i];
     return r;
 }
+// ld8 for data read once (weights streamed by the GEMV): evict-first, so it does not
+// push reused data (activations, K/V) out of the caches; zero where `ok` is false.
+template <typename T> __device__ __forceinline__ Raw8<T> ld8_stream(const T *p, bool ok) {
+    Raw8<T> r;
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof(r.v) / sizeof(uint4)); i++)
+        r.v[i] = ok ? __ldcs(reinterpret_cast<const uint4 *>(p) + i) : make_uint4(0, 0, 0, 0);
+    return r;
+}
 template <typename T> __device__ __forceinline__ void unpack8(const Raw8<T> &r, float *f) {
     const T *e = reinterpret_cast<const T *>(r.v);
 #pragma unroll
     for (int i = 0; i < 8; i++) f[i] = tof(e[i]);
 }
 template <typename T> __device__ __forceinline__ void load8(const T *p, float *f) { unpack8(ld8(p), f); }
+// Rounds 8 floats to T and writes them as 16-byte words (p 16-byte aligned).
+template <typename T> __device__ __forceinline__ void store8(T *p, const float *f) {
+    Raw8<T> r;
+    T *e = reinterpret_cast<T *>(r.v);
+#pragma unroll
+    for (int i = 0; i < 8; i++) e[i] = fromf<T>(f[i]);
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof(r.v) / sizeof(uint4)); i++) reinterpret_cast<uint4 *>(p)[i] = r.v[i];
+}
 
 // Instantiates `extern "C"` wrappers NAME_f32 / NAME_bf16 / NAME_f16 of a template
 // kernel body `NAME##_impl<T>` whose parameters are given by the macro's arguments.

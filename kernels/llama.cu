@@ -811,8 +811,9 @@ template <typename T> __device__ void gather_rows_impl(const T *x, const int *ro
 RR_FOR_TYPES(GATHER_ROWS)
 
 // ---- y[m, n] = x[m, k] · w[n, k]ᵀ for the few token rows of a decode step (m <= MAXM):
-// one warp per output row streams the weight row once, four 16-byte loads in flight per
-// lane (kept as raw words until used), and dots it with every token row (which stay in
+// one warp per output row streams the weight row once (evict-first loads: the candidate of
+// scripts/gemv_bench.cu that used them ran 7-17% faster on the 8B's down and q|k|v shapes
+// on H100), four 16-byte loads in flight per lane (kept as raw words until used), and dots it with every token row (which stay in
 // L1/L2). Compiled for MAXM = 1, 2, 4 and 8 so the register count follows m (one kernel
 // for m <= 8 needed 107 registers, which left two 256-thread blocks per SM). Needs k % 8 == 0 and 16-byte aligned rows.
 template <typename T, int MAXM>
@@ -829,7 +830,7 @@ __device__ void gemv_impl(const T *x, const T *w, T *y, int m, int n, int k) {
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int c = c0 + u * 256;
-            if (c < k) wraw[u] = ld8(wr + c);
+            wraw[u] = ld8_stream(wr + c, c < k);
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) {
@@ -870,3 +871,100 @@ __device__ void gemv_impl(const T *x, const T *w, T *y, int m, int n, int k) {
         gemv_impl<T, 8>(x, w, y, m, n, k);                                                     \
     }
 RR_FOR_TYPES(GEMV)
+
+// ---- Batch-1 GEMV whose input row is made in the kernel's prologue, which saves a
+// launch (and its ramp) per use on the decode path of one token:
+//   PRO 1: input = rms_norm(x [+ y]) · nw, rounded as rms_norm rounds; with y, block 0
+//          also writes x + y to xo (the residual stream moves to xo, so no block reads
+//          what another writes);
+//   PRO 2: input = silu(gate) · up from the fused row x = [gate (k) | up (k)], rounded
+//          as silu_mul rounds.
+// The input is built in shared memory (k elements of T) while each warp's first four
+// weight loads are already in flight; then the loop is gemv_impl's for one row.
+template <typename T, int PRO>
+__device__ void gemv_pro_impl(const T *x, const T *y, T *xo, const T *nw, const T *w, T *out, int n, int k,
+                              float eps) {
+    extern __shared__ __align__(16) unsigned char rr_dyn[];
+    T *xs = reinterpret_cast<T *>(rr_dyn);
+    __shared__ float red[32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + warp;
+    const bool live = row < n;
+    const T *wr = w + (i64)(live ? row : 0) * k;
+    Raw8<T> wraw[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        int c = lane * 8 + u * 256;
+        wraw[u] = ld8_stream(wr + c, live && c < k);
+    }
+    if (PRO == 1) {
+        float ss = 0.f;
+        for (int c = threadIdx.x * 8; c < k; c += blockDim.x * 8) {
+            float a[8];
+            load8(x + c, a);
+            if (y) {
+                float b[8];
+                load8(y + c, b);
+#pragma unroll
+                for (int i = 0; i < 8; i++) a[i] = rnd<T>(a[i] + b[i]);
+                if (blockIdx.x == 0) store8(xo + c, a);
+            }
+            store8(xs + c, a);
+#pragma unroll
+            for (int i = 0; i < 8; i++) ss += a[i] * a[i];
+        }
+        ss = block_sum(ss, red);
+        const float r = rsqrtf(ss / (float)k + eps);
+        for (int c = threadIdx.x * 8; c < k; c += blockDim.x * 8) {
+            float a[8], g[8];
+            load8(xs + c, a);
+            load8(nw + c, g);
+#pragma unroll
+            for (int i = 0; i < 8; i++) a[i] = g[i] * rnd<T>(a[i] * r);
+            store8(xs + c, a);
+        }
+    } else {
+        for (int c = threadIdx.x * 8; c < k; c += blockDim.x * 8) {
+            float g[8], u[8];
+            load8(x + c, g);
+            load8(x + k + c, u);
+#pragma unroll
+            for (int i = 0; i < 8; i++) g[i] = rnd<T>(g[i] / (1.f + expf(-g[i]))) * u[i];
+            store8(xs + c, g);
+        }
+    }
+    __syncthreads();
+    if (!live) return;
+    float acc = 0.f;
+    for (int c0 = lane * 8;;) {
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int c = c0 + u * 256;
+            if (c >= k) break;
+            float wf[8], xf[8];
+            unpack8(wraw[u], wf);
+            load8(xs + c, xf);
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc += wf[i] * xf[i];
+        }
+        c0 += 256 * 4;
+        if (c0 >= k) break;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int c = c0 + u * 256;
+            wraw[u] = ld8_stream(wr + c, c < k);
+        }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) out[row] = fromf<T>(acc);
+}
+#define GEMV_PRO(S, T)                                                                                  \
+    extern "C" __global__ void gemv_norm_##S(const T *x, const T *y, T *xo, const T *nw, const T *w, T *out, \
+                                             int n, int k, float eps) {                                 \
+        gemv_pro_impl<T, 1>(x, y, xo, nw, w, out, n, k, eps);                                           \
+    }                                                                                                   \
+    extern "C" __global__ void gemv_silu_##S(const T *x, const T *y, T *xo, const T *nw, const T *w, T *out, \
+                                             int n, int k, float eps) {                                 \
+        gemv_pro_impl<T, 2>(x, y, xo, nw, w, out, n, k, eps);                                           \
+    }
+RR_FOR_16BIT(GEMV_PRO)

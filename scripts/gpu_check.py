@@ -333,6 +333,7 @@ def decode(bins, tmp, n_gpus, model):
                 ("GEMV for every decode GEMM, CUDA graphs", {"RRANK_GEMV": "1"}, False),
                 ("per-head attention (no GQA grouping or split-KV), CUDA graphs", {"RRANK_ATTENTION": "per-head"}, False),
                 ("all-reduce through NCCL only (no P2P one-shot), CUDA graphs", {"RRANK_ALLREDUCE": "nccl"}, False),
+                ("separate RMSNorm and SiLU kernels (no fused GEMV inputs), CUDA graphs", {"RRANK_FUSE": "0"}, False),
                 ("tuned, eager", {}, True)]
     keep = [v for v in os.environ.get("GPU_CHECK_VARIANTS", "").split(",") if v]
     if keep:

@@ -18,6 +18,7 @@ pub mod nccl;
 pub mod nvrtc;
 pub mod profile;
 pub mod sample;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::ffi::{CString, c_void};
@@ -174,9 +175,23 @@ enum GemvMode {
     Always,
     /// `RRANK_GEMV=0`.
     Never,
-    /// Default: where the cuBLASLt tuner timed it fastest.
+    /// Default: always for one token row (batch-1 decode, where it streams the
+    /// weights faster than every cuBLASLt candidate in a CUDA graph on H100), else where
+    /// the cuBLASLt tuner timed it fastest.
     Tuned,
 }
+
+/// What a fused batch-1 GEMV makes its input from ([`Gpu::gemv_fused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fused {
+    /// RMSNorm of the residual stream (after adding the last delta).
+    Norm,
+    /// SiLU(gate) · up of the fused gate|up row.
+    Silu,
+}
+
+/// Shared memory a fused GEMV may take for its input row without opting in to more.
+const FUSED_SMEM_MAX: usize = 48 << 10;
 
 /// One rank's GPU: context, stream, cuBLAS handle and loaded kernels.
 pub struct Gpu {
@@ -395,12 +410,19 @@ impl Gpu {
     /// Launches kernel `name` on the stream.
     pub fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
         self.timed(
-            || self.launch_now(name, grid, block, args),
+            || self.launch_now(name, grid, block, 0, args),
             |_| name.to_string(),
         )
     }
 
-    fn launch_now(&self, name: &str, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
+    fn launch_now(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: u32,
+        args: Args,
+    ) -> Result<()> {
         let f = *self
             .funcs
             .get(name)
@@ -417,7 +439,7 @@ impl Gpu {
                 f,
                 grid,
                 (block, 1, 1),
-                0,
+                shared,
                 self.stream.cu_stream(),
                 &mut params,
             )
@@ -445,6 +467,54 @@ impl Gpu {
                 .i32(p.m as i32)
                 .i32(p.n as i32)
                 .i32(p.k as i32),
+        )
+    }
+
+    /// Whether batch-1 products may take the GEMV kernels with a fused input
+    /// ([`Gpu::gemv_fused`]): 16-bit weights, `RRANK_GEMV` not 0, `RRANK_FUSE` not 0,
+    /// and rows of at most `k` elements that fit the kernel's shared memory.
+    pub fn gemv_fusable(&self, dt: DType, k: usize) -> bool {
+        dt != DType::F32
+            && self.gemv != GemvMode::Never
+            && std::env::var("RRANK_FUSE").as_deref() != Ok("0")
+            && k.is_multiple_of(8)
+            && k * dt.size() <= FUSED_SMEM_MAX
+    }
+
+    /// `out[n] = input · w[n, k]ᵀ` for one token row whose input the kernel makes
+    /// itself (kernels/llama.cu's gemv_pro_impl): [`Fused::Norm`] `rms_norm(x [+ y]) · nw`
+    /// (with `y`, `x + y` is also written to `xo`), or [`Fused::Silu`] `silu(gate) · up`
+    /// of the gate|up row `x`. Pointers 16-byte aligned; see [`Gpu::gemv_fusable`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_fused(
+        &self,
+        kind: Fused,
+        dt: DType,
+        n: usize,
+        k: usize,
+        (x, y, xo, nw): (u64, u64, u64, u64),
+        w: u64,
+        out: u64,
+        eps: f32,
+    ) -> Result<()> {
+        let stem = match kind {
+            Fused::Norm => "gemv_norm",
+            Fused::Silu => "gemv_silu",
+        };
+        let name = format!("{stem}_{}", dt.suffix());
+        let args = Args::new()
+            .ptr(x)
+            .ptr(y)
+            .ptr(xo)
+            .ptr(nw)
+            .ptr(w)
+            .ptr(out)
+            .i32(n as i32)
+            .i32(k as i32)
+            .f32(eps);
+        self.timed(
+            || self.launch_now(&name, (n.div_ceil(8) as u32, 1, 1), 256, (k * dt.size()) as u32, args),
+            |_| profile::gemm_label(stem, 1, n, k),
         )
     }
 
@@ -491,12 +561,13 @@ impl Gpu {
             y,
         } = p;
         // Decode steps (a few token rows, 16-bit weights) may take the weight-streaming
-        // GEMV kernel: always with RRANK_GEMV=1, never with 0, and by default where the
-        // cuBLASLt tuner timed it faster than every cuBLASLt candidate for the shape.
+        // GEMV kernel: always with RRANK_GEMV=1, never with 0, and by default for one
+        // row, and for 2-8 rows where the cuBLASLt tuner timed it faster than every
+        // cuBLASLt candidate for the shape.
         let gemv_ok =
             m <= 8 && dt != DType::F32 && k.is_multiple_of(8) && (x | w | y).is_multiple_of(16);
         let gemv = || self.gemv(p).is_ok();
-        if gemv_ok && self.gemv == GemvMode::Always {
+        if gemv_ok && (self.gemv == GemvMode::Always || (self.gemv == GemvMode::Tuned && m == 1)) {
             return self.gemv(p).map(|_| "gemv");
         }
         if m <= LT_MAX_M
@@ -632,8 +703,10 @@ mod tests {
         assert!(llama.contains(&"attention_prefill_tc128_bf16".to_string()));
         assert!(!llama.contains(&"attention_prefill_tc128_f32".to_string()));
         // convert (9), 10 kernels × 3 types, gemv and attention_decode × 4 sizes × 3,
-        // attention_prefill_tc × 2 head sizes × 2 16-bit types.
-        assert_eq!(llama.len(), 9 + 3 * 10 + 2 * 3 * 4 + 2 * 2, "{llama:?}");
+        // attention_prefill_tc × 2 head sizes × 2 16-bit types, gemv_norm/gemv_silu × 2.
+        assert_eq!(llama.len(), 9 + 3 * 10 + 2 * 3 * 4 + 2 * 2 + 2 * 2, "{llama:?}");
+        assert!(llama.contains(&"gemv_silu_f16".to_string()));
+        assert!(!llama.contains(&"gemv_norm_f32".to_string()));
         assert_eq!(
             kernel_names(nvrtc::MODULES[1].1),
             ["sample_f32", "sample_bf16", "sample_f16"]

@@ -20,7 +20,8 @@ use super::allreduce::CustomAllReduce;
 use super::nccl::Nccl;
 use super::profile;
 use super::sample::{self, MAX_TOP, Scratch};
-use super::{Args, DType, DevBuf, Gpu, GpuError, Result};
+use super::upload::Stager;
+use super::{Args, DType, DevBuf, Fused, Gpu, GpuError, Result};
 use crate::rank::backend::cpu;
 use crate::rank::dist::Placement;
 use crate::rank::engine::executor::StepOut;
@@ -320,6 +321,11 @@ pub struct CudaModel {
     /// `RRANK_PREFILL_ATTENTION=cuda-cores` for the f32-arithmetic one).
     prefill_tc: bool,
     staging: Option<DevBuf>,
+    /// One-token steps build the RMSNorm and SiLU inputs inside the next GEMV
+    /// ([`Gpu::gemv_fused`]) instead of in kernels of their own.
+    fuse: bool,
+    /// Pinned host buffers the weights travel through while loading.
+    stager: Option<Stager>,
     comms: Comms,
     pub gpu: Gpu,
 }
@@ -415,6 +421,8 @@ impl CudaModel {
                 && matches!(cfg.head_dim, 64 | 128)
                 && std::env::var("RRANK_PREFILL_ATTENTION").as_deref() != Ok("cuda-cores"),
             staging: None,
+            fuse: false,
+            stager: Some(Stager::new(&gpu)?),
             comms,
             dt,
             place,
@@ -422,6 +430,7 @@ impl CudaModel {
             cfg,
         };
         m.part_max = m.part_bytes();
+        m.fuse = m.gpu.gemv_fusable(dt, m.cfg.hidden_size) && m.gpu.gemv_fusable(dt, m.shard.inter);
         let inv = cpu::inv_freq(&m.cfg);
         m.inv_freq = m.gpu.alloc(inv.len() * 4)?;
         m.gpu.upload(m.inv_freq.ptr, &inv)?;
@@ -472,6 +481,7 @@ impl CudaModel {
             m.final_norm = Some(m.rows_to_new(w, "model.norm.weight", 0, h, h)?);
         }
         m.staging = None;
+        m.stager = None;
         m.gpu.sync()?;
         Ok(m)
     }
@@ -487,20 +497,28 @@ impl CudaModel {
         let sd = DType::parse(src)
             .ok_or_else(|| GpuError::Setup(format!("unsupported tensor dtype {src}")))?;
         if sd == self.dt {
-            return self.gpu.upload(dst, bytes);
+            return self.send(dst, bytes);
         }
         if self.staging.as_ref().is_none_or(|s| s.bytes < bytes.len()) {
             self.staging = None;
             self.staging = Some(self.gpu.alloc(bytes.len())?);
         }
         let st = self.staging.as_ref().expect("just made").ptr;
-        self.gpu.upload(st, bytes)?;
+        self.send(st, bytes)?;
         let n = bytes.len() / sd.size();
         self.gpu.launch_1d(
             &format!("convert_{}_{}", sd.suffix(), self.dt.suffix()),
             n,
             Args::new().ptr(st).ptr(dst).i64(n as i64),
         )
+    }
+
+    /// Host bytes to `dst` through the pinned stager while loading.
+    fn send(&mut self, dst: u64, bytes: &[u8]) -> Result<()> {
+        match &mut self.stager {
+            Some(st) => st.upload(&self.gpu, dst, bytes),
+            None => self.gpu.upload(dst, bytes),
+        }
     }
 
     fn rows_into(
@@ -635,10 +653,11 @@ impl CudaModel {
         let (nq, nkv) = (self.shard.heads * hd, self.shard.kv_heads * hd);
         let (t, r, tp) = (tokens, rows, self.place.tp);
         let vocab = self.cfg.vocab_size;
-        let sizes: [(&'static str, usize); 17] = [
+        let sizes: [(&'static str, usize); 18] = [
             ("meta", Meta::bytes(t, r, blocks)),
             ("part", self.part_max),
             ("x", t * h * es),
+            ("x2", t * h * es),
             ("y", t * h * es),
             ("a", t * h * es),
             ("qkv", t * (nq + 2 * nkv) * es),
@@ -770,6 +789,12 @@ impl CudaModel {
     ) -> Result<()> {
         let h = self.cfg.hidden_size;
         self.gpu.gemm(self.dt, t, h, k, input, w.ptr, y)?;
+        self.row_parallel_tail(t, bias, y)
+    }
+
+    /// The rest of a row-parallel product once this rank's part is in `y`.
+    fn row_parallel_tail(&self, t: usize, bias: Option<&DevBuf>, y: u64) -> Result<()> {
+        let h = self.cfg.hidden_size;
         self.tp_all_reduce(y, t * h)?;
         self.add_bias(y, bias, t, h)
     }
@@ -1031,6 +1056,11 @@ impl CudaModel {
         let qkvw = nq + 2 * nkv;
         let p = |n: &str| self.ws[n].ptr;
         let (x, y, a) = (p("x"), p("y"), p("a"));
+        // With fused GEMVs the residual stream moves between x and x2 at every norm
+        // that adds a delta: `x` is where it is now, `spare` the other buffer.
+        let fuse = t == 1 && self.fuse;
+        let eps = cfg.rms_norm_eps as f32;
+        let (mut x, mut spare) = (x, p("x2"));
         let (qkv, attn, gu, act) = (p("qkv"), p("attn"), p("gu"), p("act"));
         if let Some(e) = &self.embed {
             self.launch_rows(
@@ -1063,8 +1093,19 @@ impl CudaModel {
         let mut pending = false;
         for (li, l) in self.weights.iter().enumerate() {
             let (kc, vc) = (&self.kv[li].0, &self.kv[li].1);
-            self.rms_norm(x, if pending { y } else { 0 }, &l.in_norm, a, t)?;
-            self.gpu.gemm(self.dt, t, qkvw, h, a, l.qkv.ptr, qkv)?;
+            let delta = if pending { y } else { 0 };
+            if fuse {
+                let input = (x, delta, spare, l.in_norm.ptr);
+                let (dt, w) = (self.dt, l.qkv.ptr);
+                self.gpu
+                    .gemv_fused(Fused::Norm, dt, qkvw, h, input, w, qkv, eps)?;
+                if pending {
+                    std::mem::swap(&mut x, &mut spare);
+                }
+            } else {
+                self.rms_norm(x, delta, &l.in_norm, a, t)?;
+                self.gpu.gemm(self.dt, t, qkvw, h, a, l.qkv.ptr, qkv)?;
+            }
             self.add_bias(qkv, l.qkv_bias.as_ref(), t, qkvw)?;
             self.launch_rows(
                 "rope_kv",
@@ -1153,21 +1194,31 @@ impl CudaModel {
                 )?;
             }
             self.row_parallel(t, nq, attn, &l.o, l.o_bias.as_ref(), y)?;
-            self.rms_norm(x, y, &l.post_norm, a, t)?;
-            let i2 = 2 * self.shard.inter;
-            self.gpu.gemm(self.dt, t, i2, h, a, l.gu.ptr, gu)?;
+            let (i1, i2) = (self.shard.inter, 2 * self.shard.inter);
+            if fuse {
+                let input = (x, y, spare, l.post_norm.ptr);
+                self.gpu
+                    .gemv_fused(Fused::Norm, self.dt, i2, h, input, l.gu.ptr, gu, eps)?;
+                std::mem::swap(&mut x, &mut spare);
+            } else {
+                self.rms_norm(x, y, &l.post_norm, a, t)?;
+                self.gpu.gemm(self.dt, t, i2, h, a, l.gu.ptr, gu)?;
+            }
             self.add_bias(gu, l.gu_bias.as_ref(), t, i2)?;
-            let n = t * self.shard.inter;
-            self.elementwise(
-                "silu_mul",
-                n,
-                Args::new()
-                    .ptr(gu)
-                    .ptr(act)
-                    .i32(self.shard.inter as i32)
-                    .i64(n as i64),
-            )?;
-            self.row_parallel(t, self.shard.inter, act, &l.down, l.down_bias.as_ref(), y)?;
+            if fuse {
+                let input = (gu, 0, 0, 0);
+                self.gpu
+                    .gemv_fused(Fused::Silu, self.dt, h, i1, input, l.down.ptr, y, eps)?;
+                self.row_parallel_tail(t, l.down_bias.as_ref(), y)?;
+            } else {
+                let n = t * i1;
+                self.elementwise(
+                    "silu_mul",
+                    n,
+                    Args::new().ptr(gu).ptr(act).i32(i1 as i32).i64(n as i64),
+                )?;
+                self.row_parallel(t, i1, act, &l.down, l.down_bias.as_ref(), y)?;
+            }
             pending = true;
         }
         if pending {
