@@ -88,7 +88,7 @@ impl CustomAllReduce {
         size: usize,
     ) -> Result<Option<CustomAllReduce>> {
         let off = std::env::var("RRANK_ALLREDUCE").as_deref() == Ok("nccl");
-        if off || size < 2 || size > MAX_RANKS {
+        if off || !(2..=MAX_RANKS).contains(&size) {
             return Ok(None);
         }
         let max_bytes = std::env::var("RRANK_ALLREDUCE_MAX")
@@ -120,7 +120,10 @@ impl CustomAllReduce {
         let host = crate::launch::net::hostname();
         let key = |what: &str, r: usize| format!("rrank/{attempt}/ar/{name}/{what}/{r}");
         store
-            .set(&key("handle", rank), announcement(&host, &uuid, &mine).as_bytes())
+            .set(
+                &key("handle", rank),
+                announcement(&host, &uuid, &mine).as_bytes(),
+            )
             .map_err(store_err(format!("publishing {}", key("handle", rank))))?;
         let mut ar = CustomAllReduce {
             own,
@@ -134,11 +137,15 @@ impl CustomAllReduce {
         let me = gpu.ctx.cu_device();
         for p in (0..size).filter(|&p| p != rank) {
             let k = key("handle", p);
-            let got = store.get(&k).map_err(store_err(format!("waiting for {k}")))?;
+            let got = store
+                .get(&k)
+                .map_err(store_err(format!("waiting for {k}")))?;
             if why.is_some() {
                 continue;
             }
-            why = ar.map_peer(p, &String::from_utf8_lossy(&got), &host, me).err();
+            why = ar
+                .map_peer(p, &String::from_utf8_lossy(&got), &host, me)
+                .err();
         }
         let verdict = why.clone().unwrap_or_else(|| "ok".into());
         store
@@ -147,7 +154,9 @@ impl CustomAllReduce {
         let mut refusal = why.map(|w| format!("rank {rank}: {w}"));
         for p in (0..size).filter(|&p| p != rank) {
             let k = key("ok", p);
-            let v = store.get(&k).map_err(store_err(format!("waiting for {k}")))?;
+            let v = store
+                .get(&k)
+                .map_err(store_err(format!("waiting for {k}")))?;
             if v != b"ok" && refusal.is_none() {
                 refusal = Some(format!("rank {p}: {}", String::from_utf8_lossy(&v)));
             }
@@ -199,9 +208,7 @@ impl CustomAllReduce {
         if can == 0 {
             return Err(format!("no peer access to rank {p}'s GPU"));
         }
-        let mut h = drv_sys::CUipcMemHandle {
-            reserved: [0; 64],
-        };
+        let mut h = drv_sys::CUipcMemHandle { reserved: [0; 64] };
         for (d, s) in h.reserved.iter_mut().zip(&phandle) {
             *d = *s as core::ffi::c_char;
         }

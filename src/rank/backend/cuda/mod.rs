@@ -513,7 +513,15 @@ impl Gpu {
             .i32(k as i32)
             .f32(eps);
         self.timed(
-            || self.launch_now(&name, (n.div_ceil(8) as u32, 1, 1), 256, (k * dt.size()) as u32, args),
+            || {
+                self.launch_now(
+                    &name,
+                    (n.div_ceil(8) as u32, 1, 1),
+                    256,
+                    (k * dt.size()) as u32,
+                    args,
+                )
+            },
             |_| profile::gemm_label(stem, 1, n, k),
         )
     }
@@ -704,7 +712,11 @@ mod tests {
         assert!(!llama.contains(&"attention_prefill_tc128_f32".to_string()));
         // convert (9), 10 kernels × 3 types, gemv and attention_decode × 4 sizes × 3,
         // attention_prefill_tc × 2 head sizes × 2 16-bit types, gemv_norm/gemv_silu × 2.
-        assert_eq!(llama.len(), 9 + 3 * 10 + 2 * 3 * 4 + 2 * 2 + 2 * 2, "{llama:?}");
+        assert_eq!(
+            llama.len(),
+            9 + 3 * 10 + 2 * 3 * 4 + 2 * 2 + 2 * 2,
+            "{llama:?}"
+        );
         assert!(llama.contains(&"gemv_silu_f16".to_string()));
         assert!(!llama.contains(&"gemv_norm_f32".to_string()));
         assert_eq!(

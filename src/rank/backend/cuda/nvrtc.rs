@@ -17,7 +17,10 @@ const COMMON: &str = include_str!("../../../../kernels/common.cuh");
 pub const MODULES: [(&str, &str); 3] = [
     ("llama", include_str!("../../../../kernels/llama.cu")),
     ("sample", include_str!("../../../../kernels/sample.cu")),
-    ("allreduce", include_str!("../../../../kernels/allreduce.cu")),
+    (
+        "allreduce",
+        include_str!("../../../../kernels/allreduce.cu"),
+    ),
 ];
 
 /// The full source NVRTC compiles for a module.

@@ -36,9 +36,9 @@ impl Stager {
         let mut events = [std::ptr::null_mut(); 2];
         for (b, e) in bufs.iter_mut().zip(events.iter_mut()) {
             // SAFETY: plain page-locked allocation, freed in Drop.
-            *b = unsafe { drv::malloc_host(PIECE, 0) }
-                .map_err(|e| GpuError::Setup(format!("pinning {PIECE} bytes of host memory: {e:?}")))?
-                as *mut u8;
+            *b = unsafe { drv::malloc_host(PIECE, 0) }.map_err(|e| {
+                GpuError::Setup(format!("pinning {PIECE} bytes of host memory: {e:?}"))
+            })? as *mut u8;
             *e = drv::event::create(drv_sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
                 .map_err(run_err("creating an event"))?;
         }
