@@ -140,6 +140,8 @@ def plot(result, out):
         import matplotlib.pyplot as plt
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
         for tp, r in result["tp"].items():
+            if "concurrency" not in r:  # a placement that failed
+                continue
             conc = {int(c): v for c, v in r["concurrency"].items()}
             cs = sorted(conc)
             ax1.plot(cs, [conc[c]["output_tok_s"] for c in cs], marker="o", label=f"rrank {label(tp)}")
@@ -158,6 +160,34 @@ def plot(result, out):
         say(f"wrote {out / 'bench-gpu.png'}")
     except ImportError:
         say("matplotlib is not installed: no PNG (the JSON has every number)")
+
+
+def run_placement(bins, model, tp, a, out):
+    """One placement: start the server, batch-1 decode and TTFT, then each concurrency."""
+    with open(out / f"server-tp{tp}.log", "w") as log:
+        p, cold = serve(bins, model, tp, a.port, a.device, log, a.server_args.split())
+        try:
+            r = {"cold_start_s": cold}
+            one = bench(bins, a.port, 4, 1, a.input_len, a.output_len, out / f"tp{tp}-c1-batch1.json")
+            r["batch1_decode_tok_s"] = 1e3 / one["tpot"]["p50_ms"]
+            r["ttft_p50_ms_low_load"] = one["ttft"]["p50_ms"]
+            r["concurrency"] = {}
+            for c in [int(x) for x in a.concurrency.split(",")]:
+                before = step_counters(a.port)
+                b = bench(bins, a.port, max(2 * c, 8), c, a.input_len, a.output_len, out / f"tp{tp}-c{c}.json")
+                steps = step_split(before, step_counters(a.port))
+                r["concurrency"][c] = {"output_tok_s": b["output_throughput"], "ttft_p50_ms": b["ttft"]["p50_ms"],
+                                       "tpot_p50_ms": b["tpot"]["p50_ms"], "failed": b["failed"], "steps": steps}
+                sd, sp = steps["decode"], steps["prefill"]
+                say(f"tp{tp} concurrency {c}: {b['output_throughput']:.0f} output tok/s, TTFT p50 "
+                    f"{b['ttft']['p50_ms']:.1f} ms, TPOT p50 {b['tpot']['p50_ms']:.2f} ms; steps: "
+                    f"{sd['steps']} decode-only ({sd['mean_ms']:.1f} ms, {sd['seqs_per_step']:.0f} seqs), "
+                    f"{sp['steps']} with prefill ({sp['mean_ms']:.1f} ms, {sp['tokens_per_step']:.0f} tokens)")
+        finally:
+            stop(p)
+    say(f"tp{tp}: cold start {cold:.2f} s, batch-1 decode {r['batch1_decode_tok_s']:.1f} tok/s, "
+        f"TTFT p50 {r['ttft_p50_ms_low_load']:.1f} ms")
+    return r
 
 
 def main():
@@ -199,30 +229,15 @@ def main():
                          capture_output=True, text=True).stdout.strip().splitlines() if a.device == "cuda" else ["cpu"]
     result = {"gpu": gpu, "model": str(model), "input_len": a.input_len, "output_len": a.output_len, "tp": {}}
     for tp in a.tp.split(","):
-        with open(out / f"server-tp{tp}.log", "w") as log:
-            p, cold = serve(bins, model, tp, a.port, a.device, log, a.server_args.split())
-            try:
-                r = {"cold_start_s": cold}
-                one = bench(bins, a.port, 4, 1, a.input_len, a.output_len, out / f"tp{tp}-c1-batch1.json")
-                r["batch1_decode_tok_s"] = 1e3 / one["tpot"]["p50_ms"]
-                r["ttft_p50_ms_low_load"] = one["ttft"]["p50_ms"]
-                r["concurrency"] = {}
-                for c in [int(x) for x in a.concurrency.split(",")]:
-                    before = step_counters(a.port)
-                    b = bench(bins, a.port, max(2 * c, 8), c, a.input_len, a.output_len, out / f"tp{tp}-c{c}.json")
-                    steps = step_split(before, step_counters(a.port))
-                    r["concurrency"][c] = {"output_tok_s": b["output_throughput"], "ttft_p50_ms": b["ttft"]["p50_ms"],
-                                           "tpot_p50_ms": b["tpot"]["p50_ms"], "failed": b["failed"], "steps": steps}
-                    sd, sp = steps["decode"], steps["prefill"]
-                    say(f"tp{tp} concurrency {c}: {b['output_throughput']:.0f} output tok/s, TTFT p50 "
-                        f"{b['ttft']['p50_ms']:.1f} ms, TPOT p50 {b['tpot']['p50_ms']:.2f} ms; steps: "
-                        f"{sd['steps']} decode-only ({sd['mean_ms']:.1f} ms, {sd['seqs_per_step']:.0f} seqs), "
-                        f"{sp['steps']} with prefill ({sp['mean_ms']:.1f} ms, {sp['tokens_per_step']:.0f} tokens)")
-            finally:
-                stop(p)
-        say(f"tp{tp}: cold start {cold:.2f} s, batch-1 decode {r['batch1_decode_tok_s']:.1f} tok/s, "
-            f"TTFT p50 {r['ttft_p50_ms_low_load']:.1f} ms")
-        result["tp"][tp] = r
+        # A placement that fails (no /health, a bench error) is recorded and the next one
+        # runs; the JSON is rewritten after every placement, so a run stopped by a time
+        # limit keeps what it measured.
+        try:
+            result["tp"][tp] = run_placement(bins, model, tp, a, out)
+        except (SystemExit, Exception) as e:
+            say(f"tp{tp}: failed: {e}")
+            result["tp"][tp] = {"error": str(e)}
+        (out / "bench-gpu.json").write_text(json.dumps(result, indent=1))
     if a.peers:
         result["transformers"] = run_peers(model, a)
         say("transformers:", result["transformers"])

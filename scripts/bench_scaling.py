@@ -6,6 +6,7 @@ least TP 2 on 80 GB cards), through scripts/bench_gpu.py. Writes one bench JSON 
 markdown table (scaling.md) with the ratio to TP 1, and a PNG (decode tok/s against GPUs).
 
 Usage: bench_scaling.py [--bin DIR] [--out DIR] [--models 8b,70b] [--dir /dev/shm] [--device cuda]
+                        [--only '70b:2;8b:1,4']   (a subset of the placements)
 The checkpoints are made with scripts/make_gpu_model.py under --dir (141 GB for the 70B: /dev/shm
 holds it in RAM where the machine has the room; a VM disk took over 200 s to write it).
 """
@@ -39,6 +40,10 @@ def table(results):
         for key, v in r["tp"].items():
             tp, _, pp = key.partition("x")
             n = int(tp) * int(pp or 1)
+            if "error" in v:
+                lines.append(f"| {name} | TP={tp}" + (f" PP={pp}" if pp else "") + f" | {n} | failed: "
+                             + v["error"][:80].replace("|", "/") + " | | |")
+                continue
             d = v["batch1_decode_tok_s"]
             base = base or d
             c256 = v["concurrency"].get("256", v["concurrency"].get(256, {})).get("output_tok_s")
@@ -57,6 +62,8 @@ def main():
     ap.add_argument("--model-8b", default=None, help="use this 8B-shaped checkpoint instead of making one")
     ap.add_argument("--model-70b", default=None, help="use this 70B-shaped checkpoint instead of making one")
     ap.add_argument("--concurrency", default="1,256")
+    ap.add_argument("--only", default=None,
+                    help="placements to run, e.g. 70b:2 or 8b:1,2,4 (default: every one that fits)")
     ap.add_argument("--input-len", default="512")
     ap.add_argument("--output-len", default="256")
     a = ap.parse_args()
@@ -65,18 +72,23 @@ def main():
     n_gpus = gpus(a.device)
     results = {}
     for name in a.models.split(","):
+        fits = [spec(tp, pp) for tp, pp in PLACEMENTS[name] if tp * pp <= n_gpus]
+        if a.only:
+            wanted = dict(x.split(":") for x in a.only.split(";") if ":" in x)
+            fits = [f for f in fits if f in wanted.get(name, "").split(",")]
+        if not fits:
+            print(f"{name}: no placement to run on {n_gpus} GPU(s)", flush=True)
+            continue
+        # Made only when a placement of it runs (the 70B is 141 GB).
         model = Path(getattr(a, f"model_{name}") or Path(a.dir) / f"rrun-llama3-{name}-random")
         if not (model / "config.json").exists():
             subprocess.run([sys.executable, ROOT / "scripts" / "make_gpu_model.py", name, model], check=True)
-        fits = [spec(tp, pp) for tp, pp in PLACEMENTS[name] if tp * pp <= n_gpus]
-        if not fits:
-            print(f"{name}: no placement fits {n_gpus} GPU(s)", flush=True)
-            continue
         sub = out / name
         subprocess.run([sys.executable, ROOT / "scripts" / "bench_gpu.py", "--bin", a.bin, "--model", model, "--tp",
                         ",".join(fits), "--concurrency", a.concurrency, "--device", a.device, "--out", sub,
-                        "--input-len", a.input_len, "--output-len", a.output_len], check=True)
-        results[name] = json.loads((sub / "bench-gpu.json").read_text())
+                        "--input-len", a.input_len, "--output-len", a.output_len])
+        if (sub / "bench-gpu.json").exists():
+            results[name] = json.loads((sub / "bench-gpu.json").read_text())
     md = table(results)
     gpu = next((r["gpu"][0] for r in results.values() if r.get("gpu")), "")
     (out / "scaling.md").write_text(f"{gpu}\n\n{md}\n")
@@ -90,6 +102,8 @@ def main():
         for name, r in results.items():
             xs, ys = [], []
             for key, v in r["tp"].items():
+                if "error" in v:
+                    continue
                 tp, _, pp = key.partition("x")
                 xs.append(int(tp) * int(pp or 1))
                 ys.append(v["batch1_decode_tok_s"])
