@@ -31,11 +31,39 @@ const DEFAULT_MAX_BYTES: usize = 4 << 20;
 /// A group's mapped buffers, ready to reduce messages of up to `max_bytes`.
 pub struct CustomAllReduce {
     own: DevBuf,
-    /// The peers' buffers as mapped here (0 for this rank), closed on drop.
-    peers: Vec<u64>,
+    /// Held so that the peers' buffers stay mapped as long as the group is used.
+    _maps: PeerMaps,
     rank: usize,
     size: usize,
+    /// The group's limit (the smallest any member asked for); also the size of each of
+    /// the two data slots in every member's buffer.
     pub max_bytes: usize,
+}
+
+/// The peers' buffers as mapped here (0 for this rank and for a peer not mapped),
+/// closed on drop.
+struct PeerMaps(Vec<u64>);
+
+impl Drop for PeerMaps {
+    fn drop(&mut self) {
+        for &p in self.0.iter().filter(|&&p| p != 0) {
+            // SAFETY: mapped by cuIpcOpenMemHandle and closed once.
+            let _ = unsafe { drv_sys::cuIpcCloseMemHandle(p) };
+        }
+    }
+}
+
+/// The group's decision from every member's verdict (`ok <max bytes>`, or why not), in
+/// rank order: the smallest limit when all are ok, else the first member's reason.
+fn agree(verdicts: &[(usize, String)]) -> std::result::Result<usize, String> {
+    let mut max = usize::MAX;
+    for (r, v) in verdicts {
+        match v.strip_prefix("ok ").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => max = max.min(n),
+            None => return Err(format!("rank {r}: {v}")),
+        }
+    }
+    Ok(max)
 }
 
 /// The hex form of `b`.
@@ -76,9 +104,67 @@ fn store_err(what: String) -> impl Fn(crate::store::client::StoreError) -> GpuEr
     move |e| GpuError::Run(format!("{what}: {e}"))
 }
 
+/// This rank's IPC handle for `own` (zeros and the reason if it cannot be exported).
+fn export(own: &DevBuf) -> (Vec<u8>, Option<String>) {
+    let mut handle = std::mem::MaybeUninit::<drv_sys::CUipcMemHandle>::uninit();
+    // SAFETY: `own` is a cuMemAlloc allocation of this context.
+    match unsafe { drv_sys::cuIpcGetMemHandle(handle.as_mut_ptr(), own.ptr) } {
+        drv_sys::CUresult::CUDA_SUCCESS => {
+            // SAFETY: initialised by the successful call.
+            let h = unsafe { handle.assume_init() };
+            (h.reserved.iter().map(|&c| c as u8).collect(), None)
+        }
+        e => (vec![0; 64], Some(format!("cuIpcGetMemHandle: {e:?}"))),
+    }
+}
+
+/// Maps peer `p`'s buffer from its announcement; the address, or why not.
+fn map_peer(
+    p: usize,
+    text: &str,
+    host: &str,
+    me: drv_sys::CUdevice,
+) -> std::result::Result<u64, String> {
+    let (phost, puuid, phandle) =
+        parse_announcement(text).ok_or_else(|| format!("rank {p}'s handle is garbled"))?;
+    if phost != host {
+        return Err(format!("rank {p} is on {phost}, not {host}"));
+    }
+    if phandle.iter().all(|&b| b == 0) {
+        return Err(format!("rank {p} has no buffer to share"));
+    }
+    let dev = device_with_uuid(&puuid)
+        .ok_or_else(|| format!("rank {p}'s GPU is not visible to this rank"))?;
+    let mut can = 0;
+    // SAFETY: two valid device handles.
+    unsafe { drv_sys::cuDeviceCanAccessPeer(&mut can, me, dev) };
+    if can == 0 {
+        return Err(format!("no peer access to rank {p}'s GPU"));
+    }
+    let mut h = drv_sys::CUipcMemHandle { reserved: [0; 64] };
+    for (d, s) in h.reserved.iter_mut().zip(&phandle) {
+        *d = *s as core::ffi::c_char;
+    }
+    let mut ptr = 0;
+    // SAFETY: a handle exported by a live peer process on this host.
+    let r = unsafe {
+        drv_sys::cuIpcOpenMemHandle_v2(
+            &mut ptr,
+            h,
+            drv_sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32,
+        )
+    };
+    if r != drv_sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuIpcOpenMemHandle for rank {p}: {r:?}"));
+    }
+    Ok(ptr)
+}
+
 impl CustomAllReduce {
     /// Sets up group `name` (member `rank` of `size`); `Ok(None)` (with the reason
-    /// logged) where the custom path cannot serve every member.
+    /// logged by rank 0) where the custom path cannot serve every member. Every member
+    /// takes part in the exchange even when its own setting turns the path off, so
+    /// settings that differ between ranks end in NCCL for all of them, never in a wait.
     pub fn setup(
         gpu: &Gpu,
         store: &mut Client,
@@ -87,8 +173,7 @@ impl CustomAllReduce {
         rank: usize,
         size: usize,
     ) -> Result<Option<CustomAllReduce>> {
-        let off = std::env::var("RRANK_ALLREDUCE").as_deref() == Ok("nccl");
-        if off || !(2..=MAX_RANKS).contains(&size) {
+        if !(2..=MAX_RANKS).contains(&size) {
             return Ok(None);
         }
         let max_bytes = std::env::var("RRANK_ALLREDUCE_MAX")
@@ -96,18 +181,13 @@ impl CustomAllReduce {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(DEFAULT_MAX_BYTES)
             .next_multiple_of(16);
-        let own = gpu.alloc(HEADER + 2 * max_bytes)?;
-        gpu.sync()?;
-        let mut handle = std::mem::MaybeUninit::<drv_sys::CUipcMemHandle>::uninit();
-        // SAFETY: `own` is a cuMemAlloc allocation of this context.
-        let exported = unsafe { drv_sys::cuIpcGetMemHandle(handle.as_mut_ptr(), own.ptr) };
-        let mine = match exported {
-            drv_sys::CUresult::CUDA_SUCCESS => {
-                // SAFETY: initialised by the successful call.
-                let h = unsafe { handle.assume_init() };
-                h.reserved.iter().map(|&c| c as u8).collect::<Vec<u8>>()
-            }
-            _ => vec![0; 64],
+        let (own, mine, mut why) = if std::env::var("RRANK_ALLREDUCE").as_deref() == Ok("nccl") {
+            (None, vec![0; 64], Some("RRANK_ALLREDUCE=nccl".to_string()))
+        } else {
+            let own = gpu.alloc(HEADER + 2 * max_bytes)?;
+            gpu.sync()?;
+            let (mine, why) = export(&own);
+            (Some(own), mine, why)
         };
         let uuid: Vec<u8> = gpu
             .ctx
@@ -125,55 +205,55 @@ impl CustomAllReduce {
                 announcement(&host, &uuid, &mine).as_bytes(),
             )
             .map_err(store_err(format!("publishing {}", key("handle", rank))))?;
-        let mut ar = CustomAllReduce {
-            own,
-            peers: vec![0; size],
-            rank,
-            size,
-            max_bytes,
-        };
-        let mut why = (exported != drv_sys::CUresult::CUDA_SUCCESS)
-            .then(|| format!("cuIpcGetMemHandle: {exported:?}"));
+        let mut peers = PeerMaps(vec![0; size]);
         let me = gpu.ctx.cu_device();
         for p in (0..size).filter(|&p| p != rank) {
             let k = key("handle", p);
             let got = store
                 .get(&k)
                 .map_err(store_err(format!("waiting for {k}")))?;
-            if why.is_some() {
-                continue;
+            if why.is_none() {
+                match map_peer(p, &String::from_utf8_lossy(&got), &host, me) {
+                    Ok(ptr) => peers.0[p] = ptr,
+                    Err(e) => why = Some(e),
+                }
             }
-            why = ar
-                .map_peer(p, &String::from_utf8_lossy(&got), &host, me)
-                .err();
         }
-        let verdict = why.clone().unwrap_or_else(|| "ok".into());
+        let verdict = why.unwrap_or_else(|| format!("ok {max_bytes}"));
         store
             .set(&key("ok", rank), verdict.as_bytes())
             .map_err(store_err(format!("publishing {}", key("ok", rank))))?;
-        let mut refusal = why.map(|w| format!("rank {rank}: {w}"));
-        for p in (0..size).filter(|&p| p != rank) {
-            let k = key("ok", p);
-            let v = store
-                .get(&k)
-                .map_err(store_err(format!("waiting for {k}")))?;
-            if v != b"ok" && refusal.is_none() {
-                refusal = Some(format!("rank {p}: {}", String::from_utf8_lossy(&v)));
-            }
+        let mut verdicts = vec![];
+        for p in 0..size {
+            let v = if p == rank {
+                verdict.clone()
+            } else {
+                let k = key("ok", p);
+                let v = store
+                    .get(&k)
+                    .map_err(store_err(format!("waiting for {k}")))?;
+                String::from_utf8_lossy(&v).into_owned()
+            };
+            verdicts.push((p, v));
         }
-        if let Some(r) = refusal {
-            if rank == 0 {
-                eprintln!(
-                    "rrank: tensor-parallel all-reduce through NCCL only (the custom P2P path is off: {r})"
-                );
+        // (A rank without a buffer never says ok, so `own` is there when all agree.)
+        let (max_bytes, own) = match (agree(&verdicts), own) {
+            (Ok(max), Some(own)) => (max, own),
+            (decision, _) => {
+                if rank == 0 {
+                    let r = decision.err().unwrap_or_default();
+                    eprintln!(
+                        "rrank: tensor-parallel all-reduce through NCCL only (the custom P2P path is off: {r})"
+                    );
+                }
+                return Ok(None);
             }
-            return Ok(None);
-        }
+        };
         let mut bases = [0u64; MAX_RANKS];
         for (p, b) in bases.iter_mut().enumerate().take(size) {
-            *b = if p == rank { ar.own.ptr } else { ar.peers[p] };
+            *b = if p == rank { own.ptr } else { peers.0[p] };
         }
-        gpu.upload(ar.own.ptr + BASES_AT as u64, &bases)?;
+        gpu.upload(own.ptr + BASES_AT as u64, &bases)?;
         gpu.sync()?;
         if rank == 0 {
             eprintln!(
@@ -181,51 +261,13 @@ impl CustomAllReduce {
                 max_bytes >> 10
             );
         }
-        Ok(Some(ar))
-    }
-
-    /// Maps peer `p`'s buffer from its announcement.
-    fn map_peer(
-        &mut self,
-        p: usize,
-        text: &str,
-        host: &str,
-        me: drv_sys::CUdevice,
-    ) -> std::result::Result<(), String> {
-        let (phost, puuid, phandle) =
-            parse_announcement(text).ok_or_else(|| format!("rank {p}'s handle is garbled"))?;
-        if phost != host {
-            return Err(format!("rank {p} is on {phost}, not {host}"));
-        }
-        if phandle.iter().all(|&b| b == 0) {
-            return Err(format!("rank {p} could not export its buffer"));
-        }
-        let dev = device_with_uuid(&puuid)
-            .ok_or_else(|| format!("rank {p}'s GPU is not visible to this rank"))?;
-        let mut can = 0;
-        // SAFETY: two valid device handles.
-        unsafe { drv_sys::cuDeviceCanAccessPeer(&mut can, me, dev) };
-        if can == 0 {
-            return Err(format!("no peer access to rank {p}'s GPU"));
-        }
-        let mut h = drv_sys::CUipcMemHandle { reserved: [0; 64] };
-        for (d, s) in h.reserved.iter_mut().zip(&phandle) {
-            *d = *s as core::ffi::c_char;
-        }
-        let mut ptr = 0;
-        // SAFETY: a handle exported by a live peer process on this host.
-        let r = unsafe {
-            drv_sys::cuIpcOpenMemHandle_v2(
-                &mut ptr,
-                h,
-                drv_sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32,
-            )
-        };
-        if r != drv_sys::CUresult::CUDA_SUCCESS {
-            return Err(format!("cuIpcOpenMemHandle for rank {p}: {r:?}"));
-        }
-        self.peers[p] = ptr;
-        Ok(())
+        Ok(Some(CustomAllReduce {
+            own,
+            _maps: peers,
+            rank,
+            size,
+            max_bytes,
+        }))
     }
 
     /// Whether a message of `count` elements of `dt` at `buf` takes this path.
@@ -251,15 +293,6 @@ impl CustomAllReduce {
     }
 }
 
-impl Drop for CustomAllReduce {
-    fn drop(&mut self) {
-        for &p in self.peers.iter().filter(|&&p| p != 0) {
-            // SAFETY: mapped by cuIpcOpenMemHandle and closed once.
-            let _ = unsafe { drv_sys::cuIpcCloseMemHandle(p) };
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +308,29 @@ mod tests {
         assert_eq!(parse_announcement("node-1 abx 00"), None);
         assert_eq!(parse_announcement("node-1 ab 0011"), None, "a short handle");
         assert_eq!(parse_announcement(&format!("{a} extra")), None);
+    }
+
+    #[test]
+    fn the_group_takes_the_smallest_limit_or_the_first_refusal() {
+        let v = |xs: &[&str]| -> Vec<(usize, String)> {
+            xs.iter()
+                .enumerate()
+                .map(|(r, s)| (r, s.to_string()))
+                .collect()
+        };
+        assert_eq!(agree(&v(&["ok 4194304", "ok 1048576"])), Ok(1048576));
+        assert_eq!(
+            agree(&v(&[
+                "ok 4194304",
+                "RRANK_ALLREDUCE=nccl",
+                "no peer access to rank 0's GPU"
+            ])),
+            Err("rank 1: RRANK_ALLREDUCE=nccl".into())
+        );
+        assert_eq!(
+            agree(&v(&["ok", "ok 16"])),
+            Err("rank 0: ok".into()),
+            "an old-style verdict"
+        );
     }
 }
