@@ -5,12 +5,14 @@
 //! converts just the requested rows or columns of a tensor to f32, so each rank
 //! reads only its own slice (bf16, f16 and f32 are supported).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use rayon::prelude::*;
 use serde_json::Value;
 
 use super::config::{ModelConfig, ValidationError};
@@ -370,16 +372,24 @@ impl Weights<'_> {
         (&m.dtype, &b[r0 * row * es..r1 * row * es])
     }
 
-    /// Columns `[c0, c1)` of a 2-D tensor as stored, row-major `[rows, c1 - c0]`.
-    pub fn cols_raw(&self, name: &str, c0: usize, c1: usize) -> (&str, Vec<u8>) {
+    /// Columns `[c0, c1)` of a 2-D tensor as stored, row-major `[rows, c1 - c0]`: the
+    /// mapped bytes themselves when that is every column, else gathered by all threads
+    /// (a tensor-parallel slice of o_proj or down_proj is a strided copy of ~1/tp of it).
+    pub fn cols_raw(&self, name: &str, c0: usize, c1: usize) -> (&str, Cow<'_, [u8]>) {
         let (m, b, es) = self.raw(name);
         let (rows, cols) = (m.shape[0], m.shape[1]);
-        let mut out = Vec::with_capacity(rows * (c1 - c0) * es);
-        for r in 0..rows {
-            let base = r * cols * es;
-            out.extend_from_slice(&b[base + c0 * es..base + c1 * es]);
+        if c0 == 0 && c1 == cols {
+            return (&m.dtype, Cow::Borrowed(&b[..rows * cols * es]));
         }
-        (&m.dtype, out)
+        let width = (c1 - c0) * es;
+        let mut out = vec![0u8; rows * width];
+        out.par_chunks_mut(width.max(1))
+            .enumerate()
+            .for_each(|(r, dst)| {
+                let base = r * cols * es;
+                dst.copy_from_slice(&b[base + c0 * es..base + c1 * es]);
+            });
+        (&m.dtype, Cow::Owned(out))
     }
 
     /// Rows of the tensor (the first dimension; 1 for scalars).
@@ -393,5 +403,33 @@ impl Weights<'_> {
         let mut out = Vec::with_capacity(m.shape.iter().product());
         to_f32(&m.dtype, b, &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_slices_as_stored_match_a_plain_gather() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama");
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let w = ckpt.map().unwrap();
+        let name = "model.layers.0.mlp.down_proj.weight";
+        let (rows, cols) = {
+            let m = ckpt.meta(name).unwrap();
+            (m.shape[0], m.shape[1])
+        };
+        let (dtype, whole) = w.rows_raw(name, 0, rows);
+        let es = if dtype == "F32" { 4 } else { 2 };
+        for (c0, c1) in [(0, cols), (0, cols / 2), (cols / 2, cols), (3, 5)] {
+            let (d, got) = w.cols_raw(name, c0, c1);
+            assert_eq!(d, dtype);
+            let want: Vec<u8> = (0..rows)
+                .flat_map(|r| whole[(r * cols + c0) * es..(r * cols + c1) * es].to_vec())
+                .collect();
+            assert_eq!(&got[..], &want[..], "columns {c0}..{c1}");
+            assert_eq!(matches!(got, Cow::Borrowed(_)), (c0, c1) == (0, cols));
+        }
     }
 }
