@@ -2,8 +2,8 @@
 //! memory-mapped checkpoint is copied into one of two page-locked buffers by all of
 //! rayon's threads at once (so the page-cache faults and copies run in parallel),
 //! then sent with an asynchronous DMA while the next piece fills the other buffer.
-//! A copy straight from the map goes through the driver's own small staging buffer
-//! on one thread, faulting one 4 KiB page at a time.
+//! A copy straight from the map (the way before) goes through the driver's own
+//! staging buffer on one thread, page faults included.
 
 use std::ffi::c_void;
 
