@@ -175,9 +175,9 @@ enum GemvMode {
     Always,
     /// `RRANK_GEMV=0`.
     Never,
-    /// Default: always for one token row (batch-1 decode, where it streams the
-    /// weights faster than every cuBLASLt candidate in a CUDA graph on H100), else where
-    /// the cuBLASLt tuner timed it fastest.
+    /// Default: always for one token row (batch-1 decode: on H100, GEMV everywhere
+    /// decoded faster in CUDA graphs than the tuner's picks, 151.0 against 146.8 tok/s on
+    /// the 8B shape), else where the cuBLASLt tuner timed it fastest.
     Tuned,
 }
 
