@@ -71,6 +71,15 @@ template <typename T> __device__ __forceinline__ void unpack8(const Raw8<T> &r, 
     for (int i = 0; i < 8; i++) f[i] = tof(e[i]);
 }
 template <typename T> __device__ __forceinline__ void load8(const T *p, float *f) { unpack8(ld8(p), f); }
+// unpack8 where `ok`, else eight zeros.
+template <typename T> __device__ __forceinline__ void unpack8_if(bool ok, const Raw8<T> &r, float *f) {
+    if (ok) {
+        unpack8(r, f);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) f[i] = 0.f;
+    }
+}
 // Rounds 8 floats to T and writes them as 16-byte words (p 16-byte aligned).
 template <typename T> __device__ __forceinline__ void store8(T *p, const float *f) {
     Raw8<T> r;

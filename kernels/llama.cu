@@ -324,11 +324,7 @@ __device__ void attention_decode_impl(const T *qkv, const T *kc, const T *vc, T 
 #pragma unroll
         for (int u = 0; u < RR_DEC_U; u++) {
             float kf[8];
-            if (act) unpack8(kr[u], kf);
-            else {
-#pragma unroll
-                for (int e = 0; e < 8; e++) kf[e] = 0.f;
-            }
+            unpack8_if(act, kr[u], kf);
 #pragma unroll
             for (int gi = 0; gi < GM; gi++) {
                 float a = 0.f;
@@ -353,11 +349,7 @@ __device__ void attention_decode_impl(const T *qkv, const T *kc, const T *vc, T 
 #pragma unroll
         for (int u = 0; u < RR_DEC_U; u++) {
             float vf[8];
-            if (act) unpack8(vr[u], vf);
-            else {
-#pragma unroll
-                for (int e = 0; e < 8; e++) vf[e] = 0.f;
-            }
+            unpack8_if(act, vr[u], vf);
 #pragma unroll
             for (int gi = 0; gi < GM; gi++) {
                 float p = s[u][gi] == -RR_INF ? 0.f : expf(s[u][gi] - m[gi]);
@@ -816,22 +808,23 @@ RR_FOR_TYPES(GATHER_ROWS)
 // on H100), four 16-byte loads in flight per lane (kept as raw words until used), and dots it with every token row (which stay in
 // L1/L2). Compiled for MAXM = 1, 2, 4 and 8 so the register count follows m (one kernel
 // for m <= 8 needed 107 registers, which left two 256-thread blocks per SM). Needs k % 8 == 0 and 16-byte aligned rows.
+// Four 16-byte weight loads per lane from column c0 of the row (zero past k or unless ok).
+template <typename T>
+__device__ __forceinline__ void gemv_load4(const T *wr, int c0, int k, bool ok, Raw8<T> (&wraw)[4]) {
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        int c = c0 + u * 256;
+        wraw[u] = ld8_stream(wr + c, ok && c < k);
+    }
+}
+
+// One warp's dot products of weight row wr with the m (<= MAXM) input rows at x (row r at
+// x + r * k; x may be in shared memory), the first four loads of each lane already in wraw.
 template <typename T, int MAXM>
-__device__ void gemv_impl(const T *x, const T *w, T *y, int m, int n, int k) {
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (row >= n) return;
-    const T *wr = w + (i64)row * k;
-    float acc[MAXM];
-#pragma unroll
-    for (int r = 0; r < MAXM; r++) acc[r] = 0.f;
-    for (int c0 = lane * 8; c0 < k; c0 += 256 * 4) {
-        Raw8<T> wraw[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int c = c0 + u * 256;
-            wraw[u] = ld8_stream(wr + c, c < k);
-        }
+__device__ __forceinline__ void gemv_dot(const T *wr, Raw8<T> (&wraw)[4], const T *x, int m, int k,
+                                         float (&acc)[MAXM]) {
+    const int lane = threadIdx.x & 31;
+    for (int c0 = lane * 8;;) {
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int c = c0 + u * 256;
@@ -848,7 +841,24 @@ __device__ void gemv_impl(const T *x, const T *w, T *y, int m, int n, int k) {
                 }
             }
         }
+        c0 += 256 * 4;
+        if (c0 >= k) break;
+        gemv_load4(wr, c0, k, true, wraw);
     }
+}
+
+template <typename T, int MAXM>
+__device__ void gemv_impl(const T *x, const T *w, T *y, int m, int n, int k) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (row >= n) return;
+    const T *wr = w + (i64)row * k;
+    float acc[MAXM];
+#pragma unroll
+    for (int r = 0; r < MAXM; r++) acc[r] = 0.f;
+    Raw8<T> wraw[4];
+    gemv_load4(wr, lane * 8, k, true, wraw);
+    gemv_dot<T, MAXM>(wr, wraw, x, m, k, acc);
 #pragma unroll
     for (int r = 0; r < MAXM; r++) {
         if (r < m) {
@@ -892,11 +902,7 @@ __device__ void gemv_pro_impl(const T *x, const T *y, T *xo, const T *nw, const 
     const bool live = row < n;
     const T *wr = w + (i64)(live ? row : 0) * k;
     Raw8<T> wraw[4];
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-        int c = lane * 8 + u * 256;
-        wraw[u] = ld8_stream(wr + c, live && c < k);
-    }
+    gemv_load4(wr, lane * 8, k, live, wraw);
     if (PRO == 1) {
         float ss = 0.f;
         for (int c = threadIdx.x * 8; c < k; c += blockDim.x * 8) {
@@ -935,28 +941,10 @@ __device__ void gemv_pro_impl(const T *x, const T *y, T *xo, const T *nw, const 
     }
     __syncthreads();
     if (!live) return;
-    float acc = 0.f;
-    for (int c0 = lane * 8;;) {
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int c = c0 + u * 256;
-            if (c >= k) break;
-            float wf[8], xf[8];
-            unpack8(wraw[u], wf);
-            load8(xs + c, xf);
-#pragma unroll
-            for (int i = 0; i < 8; i++) acc += wf[i] * xf[i];
-        }
-        c0 += 256 * 4;
-        if (c0 >= k) break;
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int c = c0 + u * 256;
-            wraw[u] = ld8_stream(wr + c, c < k);
-        }
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) out[row] = fromf<T>(acc);
+    float acc[1] = {0.f};
+    gemv_dot<T, 1>(wr, wraw, xs, 1, k, acc);
+    const float sum = warp_sum(acc[0]);
+    if (lane == 0) out[row] = fromf<T>(sum);
 }
 #define GEMV_PRO(S, T)                                                                                  \
     extern "C" __global__ void gemv_norm_##S(const T *x, const T *y, T *xo, const T *nw, const T *w, T *out, \

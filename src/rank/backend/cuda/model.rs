@@ -777,6 +777,33 @@ impl CudaModel {
         )
     }
 
+    /// `out = rms_norm(x [+= delta]) · norm · wᵀ` for `t` token rows (`w` is `[n, hidden]`;
+    /// `delta = 0`: no residual add). With `fuse` (one row) the GEMV builds its input
+    /// itself and writes `x + delta` to `spare` instead of into `x`; returns whether the
+    /// residual stream moved there.
+    fn normed_product(
+        &self,
+        fuse: bool,
+        t: usize,
+        (x, delta, spare): (u64, u64, u64),
+        norm: &DevBuf,
+        (n, w): (usize, &DevBuf),
+        out: u64,
+    ) -> Result<bool> {
+        let h = self.cfg.hidden_size;
+        if fuse {
+            let eps = self.cfg.rms_norm_eps as f32;
+            let input = (x, delta, spare, norm.ptr);
+            self.gpu
+                .gemv_fused(Fused::Norm, self.dt, n, h, input, w.ptr, out, eps)?;
+            return Ok(delta != 0);
+        }
+        let a = self.ws["a"].ptr;
+        self.rms_norm(x, delta, norm, a, t)?;
+        self.gpu.gemm(self.dt, t, n, h, a, w.ptr, out)?;
+        Ok(false)
+    }
+
     /// A row-parallel product: `y = all_reduce(input[t, k] · wᵀ) + bias` (bias once).
     fn row_parallel(
         &self,
@@ -1055,7 +1082,7 @@ impl CudaModel {
         let (nq, nkv) = (self.shard.heads * hd, self.shard.kv_heads * hd);
         let qkvw = nq + 2 * nkv;
         let p = |n: &str| self.ws[n].ptr;
-        let (x, y, a) = (p("x"), p("y"), p("a"));
+        let (x, y) = (p("x"), p("y"));
         // With fused GEMVs the residual stream moves between x and x2 at every norm
         // that adds a delta: `x` is where it is now, `spare` the other buffer.
         let fuse = t == 1 && self.fuse;
@@ -1094,17 +1121,9 @@ impl CudaModel {
         for (li, l) in self.weights.iter().enumerate() {
             let (kc, vc) = (&self.kv[li].0, &self.kv[li].1);
             let delta = if pending { y } else { 0 };
-            if fuse {
-                let input = (x, delta, spare, l.in_norm.ptr);
-                let (dt, w) = (self.dt, l.qkv.ptr);
-                self.gpu
-                    .gemv_fused(Fused::Norm, dt, qkvw, h, input, w, qkv, eps)?;
-                if pending {
-                    std::mem::swap(&mut x, &mut spare);
-                }
-            } else {
-                self.rms_norm(x, delta, &l.in_norm, a, t)?;
-                self.gpu.gemm(self.dt, t, qkvw, h, a, l.qkv.ptr, qkv)?;
+            let stream = (x, delta, spare);
+            if self.normed_product(fuse, t, stream, &l.in_norm, (qkvw, &l.qkv), qkv)? {
+                std::mem::swap(&mut x, &mut spare);
             }
             self.add_bias(qkv, l.qkv_bias.as_ref(), t, qkvw)?;
             self.launch_rows(
@@ -1195,14 +1214,8 @@ impl CudaModel {
             }
             self.row_parallel(t, nq, attn, &l.o, l.o_bias.as_ref(), y)?;
             let (i1, i2) = (self.shard.inter, 2 * self.shard.inter);
-            if fuse {
-                let input = (x, y, spare, l.post_norm.ptr);
-                self.gpu
-                    .gemv_fused(Fused::Norm, self.dt, i2, h, input, l.gu.ptr, gu, eps)?;
+            if self.normed_product(fuse, t, (x, y, spare), &l.post_norm, (i2, &l.gu), gu)? {
                 std::mem::swap(&mut x, &mut spare);
-            } else {
-                self.rms_norm(x, y, &l.post_norm, a, t)?;
-                self.gpu.gemm(self.dt, t, i2, h, a, l.gu.ptr, gu)?;
             }
             self.add_bias(gu, l.gu_bias.as_ref(), t, i2)?;
             if fuse {
