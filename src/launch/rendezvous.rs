@@ -78,6 +78,47 @@ fn host_store(port: u16) -> Result<StoreServer, RdzvError> {
     })
 }
 
+/// An implicit endpoint host that found its port taken: joins whoever serves the
+/// endpoint, and hosts the store itself if the port frees up with nobody listening.
+/// Two agents on one host can both lose the bind to a transient holder (a stray
+/// connection whose ephemeral port is the endpoint's); without this both would wait
+/// for a store that never comes.
+fn join_or_host(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    servers: &mut Vec<StoreServer>,
+    report: &dyn Fn(Duration),
+) -> Result<Client, RdzvError> {
+    let start = Instant::now();
+    let mut next_report = Duration::from_secs(5);
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        match Client::connect(host, port, left.min(Duration::from_secs(1)), &mut |_| {}) {
+            Ok(c) => return Ok(c),
+            Err(StoreError::Unreachable { .. }) if left > Duration::from_secs(1) => {}
+            Err(StoreError::Unreachable { addr, last, .. }) => {
+                let waited = start.elapsed();
+                return Err(StoreError::Unreachable { addr, waited, last }.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match host_store(port) {
+            Ok(s) => {
+                let c = connect_local(s.port(), timeout)?;
+                servers.push(s);
+                return Ok(c);
+            }
+            Err(RdzvError::PortInUse { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if start.elapsed() >= next_report {
+            report(start.elapsed());
+            next_report = start.elapsed() + Duration::from_secs(5);
+        }
+    }
+}
+
 fn progress_every(start: Instant, last: &mut Instant, msg: impl Fn(u64) -> String) {
     if last.elapsed() >= Duration::from_secs(5) {
         *last = Instant::now();
@@ -169,27 +210,28 @@ impl Rendezvous {
             .map(|v| matches!(v.to_lowercase().as_str(), "1" | "true" | "t" | "yes" | "y"));
         let is_host = explicit_host.unwrap_or_else(|| net::is_local_host(&host));
         let mut servers = Vec::new();
-        let mut client = None;
-        if is_host {
-            match host_store(port) {
-                Ok(s) => {
-                    client = Some(connect_local(s.port(), timeout)?);
-                    servers.push(s);
-                }
-                // Another agent on this host serves the endpoint: join it as a client.
-                Err(RdzvError::PortInUse { .. }) if explicit_host.is_none() => {}
-                Err(e) => return Err(e),
-            }
-        }
         let shown = format!("{host}:{port}");
-        let mut client = match client {
-            Some(c) => c,
-            None => Client::connect(&host, port, timeout, &mut |t| {
-                eprintln!(
-                    "rrun: waiting for the rendezvous store at {shown}, {} s",
-                    t.as_secs()
-                );
-            })?,
+        let report = |t: Duration| {
+            eprintln!(
+                "rrun: waiting for the rendezvous store at {shown}, {} s",
+                t.as_secs()
+            );
+        };
+        let mut client = match is_host {
+            true => match host_store(port) {
+                Ok(s) => {
+                    let c = connect_local(s.port(), timeout)?;
+                    servers.push(s);
+                    c
+                }
+                // Another agent on this host serves the endpoint (or is about to):
+                // join it, or host after all if the port frees with nobody listening.
+                Err(RdzvError::PortInUse { .. }) if explicit_host.is_none() => {
+                    join_or_host(&host, port, timeout, &mut servers, &report)?
+                }
+                Err(e) => return Err(e),
+            },
+            false => Client::connect(&host, port, timeout, &mut |t| report(t))?,
         };
         client.set_timeout(timeout);
         let base = format!("rrun.rendezvous.{}", cfg.run_id);

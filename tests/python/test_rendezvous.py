@@ -1,6 +1,8 @@
 """c10d rendezvous between rrun agents: group ranks by join order, a worker store on
 an ephemeral port hosted by group rank 0, and elastic MIN:MAX with last call."""
 import json
+import socket
+import threading
 import time
 
 from conftest import base_env, free_port, launch, popen, worker
@@ -41,3 +43,20 @@ def test_elastic_range_starts_after_last_call(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "ws=1" in p.stdout
     assert 1.0 <= time.time() - t < 10
+
+
+def test_implicit_host_takes_the_port_once_a_transient_holder_lets_go():
+    """Both agents on the endpoint host can lose the bind to a stray socket holding the
+    port; once it lets go, one of them must host rather than both waiting forever."""
+    port = free_port()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))  # bound, not listening: connects are refused
+    threading.Timer(2.0, holder.close).start()
+    t = time.time()
+    args = ["--nnodes", 2, "--nproc-per-node", 1, "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+            "--rdzv-conf", "join_timeout=30", "--no-python", "sh", "-c", "echo rank=$RANK"]
+    procs = [popen("rrun", args) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(o.strip() for o, _ in outs) == ["rank=0", "rank=1"]
+    assert time.time() - t < 20
