@@ -5,7 +5,7 @@ placement that fits the machine's GPUs (TP 1/2/4/8, and PP 2 × TP 4 on 8 GPUs; 
 least TP 2 on 80 GB cards), through scripts/bench_gpu.py. Writes one bench JSON per model, a
 markdown table (scaling.md) with the ratio to TP 1, and a PNG (decode tok/s against GPUs).
 
-Usage: bench_scaling.py [--bin DIR] [--out DIR] [--models 8b,70b] [--dir /dev/shm] [--device cuda]
+Usage: bench_scaling.py [--plot-from JSON] [--bin DIR] [--out DIR] [--models 8b,70b] [--dir /dev/shm] [--device cuda]
                         [--only '70b:2;8b:1,4']   (a subset of the placements)
 The checkpoints are made with scripts/make_gpu_model.py under --dir (141 GB for the 70B: /dev/shm
 holds it in RAM where the machine has the room; a VM disk took over 200 s to write it).
@@ -52,6 +52,39 @@ def table(results):
     return "\n".join(lines)
 
 
+def plot(results, gpu, path):
+    """Batch-1 decode tok/s against GPUs, a line per model; skipped without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG", flush=True)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results.items():
+        xs, ys = [], []
+        for key, v in r["tp"].items():
+            if "error" in v:
+                continue
+            tp, _, pp = key.partition("x")
+            xs.append(int(tp) * int(pp or 1))
+            ys.append(v["batch1_decode_tok_s"])
+        ax.plot(xs, ys, marker="o", label=f"{name} shape")
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.margins(y=0.12)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 4, 8])
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("GPUs (TP, or TP×PP)")
+    ax.set_ylabel("batch-1 decode tokens/s")
+    ax.set_title(f"rrank scaling, bf16, {gpu}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(ROOT / "target" / "release"))
@@ -66,9 +99,18 @@ def main():
                     help="placements to run, e.g. 70b:2 or 8b:1,2,4 (default: every one that fits)")
     ap.add_argument("--input-len", default="512")
     ap.add_argument("--output-len", default="256")
+    ap.add_argument("--plot-from", default=None,
+                    help="no runs: redraw scaling.md/.png under --out from a saved scaling JSON")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.plot_from:
+        results = {k: v for k, v in json.loads(Path(a.plot_from).read_text()).items() if not k.startswith("_")}
+        gpu = next((r["gpu"][0] for r in results.values() if r.get("gpu")), "")
+        (out / "scaling.md").write_text(f"{gpu}\n\n{table(results)}\n")
+        print(table(results), flush=True)
+        plot(results, gpu, out / "scaling.png")
+        return
     n_gpus = gpus(a.device)
     results = {}
     for name in a.models.split(","):
@@ -94,30 +136,7 @@ def main():
     (out / "scaling.md").write_text(f"{gpu}\n\n{md}\n")
     print(md, flush=True)
     (out / "scaling.json").write_text(json.dumps(results, indent=1))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, r in results.items():
-            xs, ys = [], []
-            for key, v in r["tp"].items():
-                if "error" in v:
-                    continue
-                tp, _, pp = key.partition("x")
-                xs.append(int(tp) * int(pp or 1))
-                ys.append(v["batch1_decode_tok_s"])
-            ax.plot(xs, ys, marker="o", label=f"{name} shape")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("GPUs (TP, or TP×PP)")
-        ax.set_ylabel("batch-1 decode tokens/s")
-        ax.set_title(f"rrank scaling, bf16, {gpu}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "scaling.png", dpi=120)
-    except ImportError:
-        print("matplotlib is not installed: no PNG", flush=True)
-
+    plot(results, gpu, out / "scaling.png")
 
 if __name__ == "__main__":
     main()
