@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_gpu import placement
+
 ROOT = Path(__file__).resolve().parent.parent
 # Placements per model: (TP, PP); the 70B's weights need >= 2 GPUs of 80 GB.
 PLACEMENTS = {"8b": [(1, 1), (2, 1), (4, 1), (8, 1), (4, 2)], "70b": [(2, 1), (4, 1), (8, 1), (4, 2)]}
@@ -38,16 +40,16 @@ def table(results):
     for name, r in results.items():
         base = None
         for key, v in r["tp"].items():
-            tp, _, pp = key.partition("x")
-            n = int(tp) * int(pp or 1)
+            tp, pp = placement(key)
+            where = f"| {name} | TP={tp}" + (f" PP={pp}" if pp > 1 else "") + f" | {tp * pp} | "
             if "error" in v:
-                lines.append(f"| {name} | TP={tp}" + (f" PP={pp}" if pp else "") + f" | {n} | failed: "
+                lines.append(where + "failed: "
                              + v["error"][:80].replace("|", "/") + " | | |")
                 continue
             d = v["batch1_decode_tok_s"]
             base = base or d
             c256 = v["concurrency"].get("256", v["concurrency"].get(256, {})).get("output_tok_s")
-            lines.append(f"| {name} | TP={tp}" + (f" PP={pp}" if pp else "") + f" | {n} | {d:.1f} | {d / base:.2f}× | "
+            lines.append(where + f"{d:.1f} | {d / base:.2f}× | "
                          + (f"{c256:,.0f}" if c256 else "—") + " |")
     return "\n".join(lines)
 
@@ -67,8 +69,8 @@ def plot(results, gpu, path):
         for key, v in r["tp"].items():
             if "error" in v:
                 continue
-            tp, _, pp = key.partition("x")
-            xs.append(int(tp) * int(pp or 1))
+            tp, pp = placement(key)
+            xs.append(tp * pp)
             ys.append(v["batch1_decode_tok_s"])
         ax.plot(xs, ys, marker="o", label=f"{name} shape")
         for x, y in zip(xs, ys):

@@ -78,12 +78,12 @@ fn host_store(port: u16) -> Result<StoreServer, RdzvError> {
     })
 }
 
-/// An implicit endpoint host that found its port taken: joins whoever serves the
-/// endpoint, and hosts the store itself if the port frees up with nobody listening.
-/// Two agents on one host can both lose the bind to a transient holder (a stray
-/// connection whose ephemeral port is the endpoint's); without this both would wait
+/// The implicit endpoint host: hosts the store, or joins whoever already serves the
+/// endpoint, trying both in turn until one works. Two agents on one host can both lose
+/// the bind to a transient holder (a stray connection whose ephemeral port is the
+/// endpoint's); trying to host again once the port frees keeps them from both waiting
 /// for a store that never comes.
-fn join_or_host(
+fn host_or_join(
     host: &str,
     port: u16,
     timeout: Duration,
@@ -93,6 +93,11 @@ fn join_or_host(
     let start = Instant::now();
     let mut next_report = Duration::from_secs(5);
     loop {
+        match host_and_connect(port, timeout, servers) {
+            Ok(c) => return Ok(c),
+            Err(RdzvError::PortInUse { .. }) => {}
+            Err(e) => return Err(e),
+        }
         let left = timeout.saturating_sub(start.elapsed());
         match Client::connect(host, port, left.min(Duration::from_secs(1)), &mut |_| {}) {
             Ok(c) => return Ok(c),
@@ -102,15 +107,6 @@ fn join_or_host(
                 return Err(StoreError::Unreachable { addr, waited, last }.into());
             }
             Err(e) => return Err(e.into()),
-        }
-        match host_store(port) {
-            Ok(s) => {
-                let c = connect_local(s.port(), timeout)?;
-                servers.push(s);
-                return Ok(c);
-            }
-            Err(RdzvError::PortInUse { .. }) => {}
-            Err(e) => return Err(e),
         }
         if start.elapsed() >= next_report {
             report(start.elapsed());
@@ -126,8 +122,16 @@ fn progress_every(start: Instant, last: &mut Instant, msg: impl Fn(u64) -> Strin
     }
 }
 
-fn connect_local(port: u16, timeout: Duration) -> Result<Client, RdzvError> {
-    Ok(Client::connect("127.0.0.1", port, timeout, &mut |_| {})?)
+/// Hosts the store on `port` (kept in `servers`) and connects to it.
+fn host_and_connect(
+    port: u16,
+    timeout: Duration,
+    servers: &mut Vec<StoreServer>,
+) -> Result<Client, RdzvError> {
+    let server = host_store(port)?;
+    let c = Client::connect("127.0.0.1", server.port(), timeout, &mut |_| {})?;
+    servers.push(server);
+    Ok(c)
 }
 
 impl Rendezvous {
@@ -145,10 +149,7 @@ impl Rendezvous {
         let timeout = cfg.rdzv_timeout;
         let mut servers = Vec::new();
         let mut client = if cfg.node_rank == 0 {
-            let server = host_store(port)?;
-            let c = connect_local(server.port(), timeout)?;
-            servers.push(server);
-            c
+            host_and_connect(port, timeout, &mut servers)?
         } else {
             let shown = format!("{addr}:{port}");
             let node = cfg.node_rank;
@@ -208,7 +209,6 @@ impl Rendezvous {
             .rdzv_conf
             .get("is_host")
             .map(|v| matches!(v.to_lowercase().as_str(), "1" | "true" | "t" | "yes" | "y"));
-        let is_host = explicit_host.unwrap_or_else(|| net::is_local_host(&host));
         let mut servers = Vec::new();
         let shown = format!("{host}:{port}");
         let report = |t: Duration| {
@@ -217,21 +217,12 @@ impl Rendezvous {
                 t.as_secs()
             );
         };
-        let mut client = match is_host {
-            true => match host_store(port) {
-                Ok(s) => {
-                    let c = connect_local(s.port(), timeout)?;
-                    servers.push(s);
-                    c
-                }
-                // Another agent on this host serves the endpoint (or is about to):
-                // join it, or host after all if the port frees with nobody listening.
-                Err(RdzvError::PortInUse { .. }) if explicit_host.is_none() => {
-                    join_or_host(&host, port, timeout, &mut servers, &report)?
-                }
-                Err(e) => return Err(e),
-            },
-            false => Client::connect(&host, port, timeout, &mut |t| report(t))?,
+        let mut client = match explicit_host {
+            Some(true) => host_and_connect(port, timeout, &mut servers)?,
+            None if net::is_local_host(&host) => {
+                host_or_join(&host, port, timeout, &mut servers, &report)?
+            }
+            _ => Client::connect(&host, port, timeout, &mut |t| report(t))?,
         };
         client.set_timeout(timeout);
         let base = format!("rrun.rendezvous.{}", cfg.run_id);

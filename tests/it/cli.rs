@@ -20,22 +20,14 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A port free now, below Linux's ephemeral range (32768+): a port from bind(0) can be
-/// taken by any outgoing connection before the launcher under test binds it.
+/// A port free now, in 10000..32767, below Linux's ephemeral range: a port from bind(0)
+/// can be taken by any outgoing connection before the launcher under test binds it.
 fn free_port() -> u16 {
-    // Tests run in parallel threads: a counter keeps their picks apart.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let turn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        ^ std::process::id().wrapping_mul(2_654_435_761);
-    let seed = seed.wrapping_add(turn.wrapping_mul(104_729));
-    (0..2000u32)
-        .map(|i| 10_000 + (seed.wrapping_add(i.wrapping_mul(7_919)) % 22_000) as u16)
+    use std::hash::{BuildHasher, RandomState};
+    (0..2000)
+        .map(|_| 10_000 + (RandomState::new().hash_one(()) % 22_768) as u16)
         .find(|&p| TcpListener::bind(("0.0.0.0", p)).is_ok())
-        .expect("a free port in 10000..32000")
+        .expect("a free port in 10000..32767")
 }
 
 #[test]
