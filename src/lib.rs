@@ -7,8 +7,10 @@
 //! - [`rank`]: rrank — placement, communicator, model, CPU backend, KV cache, engine,
 //!   HTTP serving.
 //! - [`bench`]: `rrun-bench`, the load generator.
+//! - [`elog`]: stderr lines written whole (one `write(2)` each).
 
 pub mod bench;
+pub mod elog;
 pub mod launch;
 pub mod rank;
 pub mod store;

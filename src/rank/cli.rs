@@ -31,9 +31,18 @@ pub struct ServeArgs {
     /// Model name in the API (default: the --model directory's name).
     #[arg(long = "served-model-name")]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer KEY` on /v1 routes.
+    /// Require `Authorization: Bearer KEY` on every route but /health, /version and
+    /// /metrics.
     #[arg(long = "api-key", env = "RRANK_API_KEY")]
     pub api_key: Option<String>,
+    /// Seconds a client may take to send a request body; a slower one gets 408 and
+    /// its connection is closed.
+    #[arg(long = "body-timeout", default_value_t = 30.0)]
+    pub body_timeout: f64,
+    /// Most sequences queued or running at once (each prompt × n counts); a request
+    /// that would go past it gets 429.
+    #[arg(long = "max-queued-seqs", default_value_t = 8192)]
+    pub max_queued_seqs: usize,
     /// Most sequences in one step.
     #[arg(long = "max-num-seqs", default_value_t = 256)]
     pub max_num_seqs: usize,

@@ -32,7 +32,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
             let codec = codec.as_ref().expect("loaded for a text prompt");
             if !args.raw && codec.has_chat_template() {
                 let rendered = codec
-                    .apply_chat_template(&json!([{"role": "user", "content": text}]))
+                    .apply_chat_template(&json!([{"role": "user", "content": text}]), true)
                     .map_err(RankError::Invalid)?;
                 codec.encode(&rendered, false).map_err(RankError::Invalid)?
             } else {
@@ -80,7 +80,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         prompt.len() + args.max_tokens,
     )?;
     if env.rank == 0 || args.dump.is_some() {
-        eprintln!("rrank: {}", kv.line);
+        crate::elog!("rrank: {}", kv.line);
     }
     let mut comm = s.comm;
     let mut alloc = BlockAllocator::new(blocks, bs);
@@ -183,7 +183,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         } else {
             0.0
         };
-        eprintln!(
+        crate::elog!(
             "rrank: {} prompt + {} generated tokens; load {load_s:.2} s, first token {:.3} s, decode {decode_tps:.1} tok/s, total {:.1} tok/s incl. prefill",
             prompt.len(),
             out.len(),

@@ -59,6 +59,8 @@ pub struct TextCodec {
     template: Option<String>,
     bos: String,
     eos: String,
+    /// UTF-8 length of the longest vocabulary entry (added tokens included).
+    longest_token: usize,
 }
 
 fn invalid(m: impl Into<String>) -> ValidationError {
@@ -100,8 +102,16 @@ impl TextCodec {
                     .and_then(Value::as_str)
                     .map(str::to_string)
             });
+        let longest_token = tok
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(TextCodec {
             tok,
+            longest_token,
             template,
             bos: token_str(cfg.get("bos_token")),
             eos: token_str(cfg.get("eos_token")),
@@ -115,6 +125,14 @@ impl TextCodec {
             .values()
             .max()
             .map_or(0, |m| *m as usize + 1)
+    }
+
+    /// A lower bound on the tokens a text of `bytes` bytes encodes to: no
+    /// token covers more than 4× the bytes of the longest vocabulary entry (its
+    /// stored form is at least as long as the bytes it stands for; the factor covers
+    /// normalizers that shorten text).
+    pub fn min_tokens(&self, bytes: usize) -> usize {
+        bytes / (4 * self.longest_token)
     }
 
     /// Token ids of `text` (special tokens in the text are recognised; no BOS added
@@ -135,8 +153,19 @@ impl TextCodec {
         self.template.is_some()
     }
 
-    /// Renders the chat template for `messages` with the generation prompt appended.
-    pub fn apply_chat_template(&self, messages: &Value) -> Result<String, String> {
+    /// Text of one token as log-probabilities show it: special tokens included
+    /// (`<|im_end|>`), as vLLM shows them.
+    pub fn token_text(&self, id: u32) -> String {
+        self.tok.decode(&[id], false).unwrap_or_default()
+    }
+
+    /// Renders the chat template for `messages`, with the assistant turn's opening
+    /// appended when `add_generation_prompt`.
+    pub fn apply_chat_template(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         let t = self.template.as_deref().ok_or(
             "the model has no chat template (chat_template.jinja or tokenizer_config.json)",
         )?;
@@ -147,7 +176,7 @@ impl TextCodec {
             .and_then(|tpl| {
                 tpl.render(minijinja::context! {
                     messages => minijinja::Value::from(minijinja::value::Serde(messages)),
-                    add_generation_prompt => true,
+                    add_generation_prompt => add_generation_prompt,
                     bos_token => self.bos.clone(),
                     eos_token => self.eos.clone(),
                 })

@@ -7,6 +7,7 @@
 //! After a step it appends the sampled tokens, detects stops, and streams text out.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -20,12 +21,14 @@ use crate::rank::tokenizer::{Detokenizer, TextCodec};
 /// A generation request as the engine sees it (already tokenized and validated).
 #[derive(Debug, Clone)]
 pub struct GenRequest {
-    pub prompt: Vec<u32>,
+    /// Shared with the request's other samples (`n`).
+    pub prompt: Arc<[u32]>,
     pub params: SamplingParams,
     pub max_tokens: usize,
     pub seed: u64,
-    pub stop: Vec<String>,
-    pub stop_token_ids: Vec<u32>,
+    /// Shared by every sequence of the request.
+    pub stop: Arc<[String]>,
+    pub stop_token_ids: Arc<[u32]>,
     pub ignore_eos: bool,
     /// Report each generated token's log-probability with this many alternatives.
     pub logprobs: Option<u32>,
@@ -283,7 +286,7 @@ impl Scheduler {
                 .req
                 .params
                 .has_penalties()
-                .then(|| (s.req.prompt.clone(), s.out.clone())),
+                .then(|| (s.req.prompt.to_vec(), s.out.clone())),
         };
         s.computed += chunk;
         p

@@ -1,9 +1,14 @@
-//! The OpenAI/vLLM request fields and their validation (shared/spec/serving-api.md
-//! §2.2, §2.6): parse a JSON body into prompts plus generation parameters, or an
-//! [`ApiError`] with the status, type, param and vLLM's message. Unknown fields are
-//! accepted and ignored, as vLLM does.
+//! The OpenAI/vLLM request fields and their validation: a [`Body`] becomes prompts
+//! plus generation parameters, or an [`ApiError`] with the status, type, param and
+//! vLLM's message. Fields rrank does not know are ignored, as vLLM does; fields it
+//! knows but does not implement (tools, structured outputs, prompt log-probabilities…)
+//! are refused with a 400 rather than ignored.
+
+use std::sync::Arc;
 
 use serde_json::{Value, json};
+
+use super::body::Body;
 
 use crate::rank::engine::sampler::SamplingParams;
 use crate::rank::engine::scheduler::GenRequest;
@@ -63,8 +68,9 @@ pub struct Parsed {
     pub max_tokens: Option<usize>,
     pub params: SamplingParams,
     pub seed: Option<u64>,
-    pub stop: Vec<String>,
-    pub stop_token_ids: Vec<u32>,
+    /// Shared by the request's `n` samples and prompts.
+    pub stop: Arc<[String]>,
+    pub stop_token_ids: Arc<[u32]>,
     pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
@@ -72,17 +78,28 @@ pub struct Parsed {
     /// Log-probabilities with this many alternatives (completions `logprobs: k`, chat
     /// `logprobs: true` + `top_logprobs: k`).
     pub logprobs: Option<u32>,
+    /// Let the tokenizer add its special tokens (BOS): completions default true, chat false.
+    pub add_special_tokens: bool,
+    /// Chat: end the rendered template with the assistant's turn opening.
+    pub add_generation_prompt: bool,
 }
+
+/// Most sequences (prompts × `n`) one request may ask for.
+pub const MAX_REQUEST_SEQS: usize = 2048;
+
+/// Most stop strings, and most stop token ids, of one request.
+pub const MAX_STOPS: usize = 256;
 
 /// A prompt as given.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PromptIn {
     Text(String),
-    Ids(Vec<u32>),
+    /// Shared by the prompt's `n` samples.
+    Ids(Arc<[u32]>),
     Messages(Value),
 }
 
-fn num(v: &Value, key: &str) -> Result<Option<f64>, ApiError> {
+fn num(v: &Body, key: &str) -> Result<Option<f64>, ApiError> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
@@ -93,7 +110,7 @@ fn num(v: &Value, key: &str) -> Result<Option<f64>, ApiError> {
     }
 }
 
-fn int(v: &Value, key: &str) -> Result<Option<i64>, ApiError> {
+fn int(v: &Body, key: &str) -> Result<Option<i64>, ApiError> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
@@ -108,8 +125,12 @@ fn int(v: &Value, key: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
-fn boolean(v: &Value, key: &str) -> Result<bool, ApiError> {
-    match v.get(key) {
+fn boolean(v: &Body, key: &str) -> Result<bool, ApiError> {
+    flag(v.get(key), key)
+}
+
+fn flag(v: Option<&Value>, key: &str) -> Result<bool, ApiError> {
+    match v {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(ApiError::bad(
@@ -135,14 +156,204 @@ fn token_ids(a: &[Value], key: &str) -> Result<Vec<u32>, ApiError> {
         .collect()
 }
 
-/// Parses and validates a completions or chat body against the served model name.
-pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::bad(
-            "the request body must be a JSON object",
-            None,
-        ));
+/// Whether a field asks for something: present, not null, not false, not empty.
+fn asks(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
     }
+}
+
+/// Refuses fields that change the answer and that this server does not implement:
+/// a 400 naming the field, never a 200 that silently differs from vLLM's.
+fn refuse_unimplemented(body: &Body, kind: Kind) -> Result<(), ApiError> {
+    let no = |key: &str, what: &str| {
+        Err(ApiError::bad(
+            format!("`{key}` is not supported by this server yet: {what}"),
+            Some(key),
+        ))
+    };
+    for key in ["tools", "functions"] {
+        if asks(body.get(key)) {
+            return no(
+                key,
+                "tool calling is not implemented (as vLLM without --tool-call-parser)",
+            );
+        }
+    }
+    for key in ["tool_choice", "function_call"] {
+        match body.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "none" => {}
+            Some(_) => {
+                return no(
+                    key,
+                    "tool calling is not implemented (as vLLM without --tool-call-parser)",
+                );
+            }
+        }
+    }
+    match body.get("response_format") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("text") => {}
+        Some(_) => {
+            return no(
+                "response_format",
+                "structured outputs (JSON mode, JSON schema) are not implemented",
+            );
+        }
+    }
+    for key in [
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "structured_outputs",
+    ] {
+        if asks(body.get(key)) {
+            return no(key, "structured outputs are not implemented");
+        }
+    }
+    for (key, what) in [
+        (
+            "prompt_logprobs",
+            "the prompt's log-probabilities are not computed",
+        ),
+        ("logit_bias", "logit biases are not applied"),
+        ("suffix", "insertion (suffix) is not implemented"),
+        ("allowed_token_ids", "token allow-lists are not applied"),
+        ("bad_words", "bad-word lists are not applied"),
+        ("use_beam_search", "beam search is not implemented"),
+        (
+            "include_stop_str_in_output",
+            "stop strings are always cut from the output",
+        ),
+        (
+            "continue_final_message",
+            "the final message cannot be continued",
+        ),
+        (
+            "chat_template",
+            "only the model's own chat template is used",
+        ),
+        (
+            "chat_template_kwargs",
+            "the chat template takes no extra arguments",
+        ),
+        ("documents", "documents are not passed to the chat template"),
+        (
+            "truncate_prompt_tokens",
+            "prompts are not truncated; shorten the prompt",
+        ),
+        ("prompt_embeds", "prompt embeddings are not accepted"),
+        ("return_tokens_as_token_ids", "tokens are returned as text"),
+        ("mm_processor_kwargs", "the model is text-only"),
+        ("audio", "the model is text-only"),
+        ("prediction", "predicted outputs are not implemented"),
+        ("reasoning_effort", "the model has no reasoning modes"),
+    ] {
+        if asks(body.get(key)) {
+            return no(key, what);
+        }
+    }
+    match body.get("modalities") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.iter().all(|m| m == "text") => {}
+        Some(_) => return no("modalities", "the model is text-only"),
+    }
+    for (key, neutral) in [
+        ("min_tokens", 0.0),
+        ("priority", 0.0),
+        ("length_penalty", 1.0),
+    ] {
+        if let Some(v) = num(body, key)?
+            && v != neutral
+        {
+            return no(key, &format!("only {neutral} is implemented"));
+        }
+    }
+    for key in ["skip_special_tokens", "spaces_between_special_tokens"] {
+        if body.get(key) == Some(&Value::Bool(false)) {
+            return no(key, "special tokens are always skipped in the text");
+        }
+    }
+    if let Some(b) = int(body, "best_of")?
+        && b != int(body, "n")?.unwrap_or(1)
+    {
+        return no(
+            "best_of",
+            "best_of must equal n (no candidates are drawn and ranked)",
+        );
+    }
+    let _ = kind;
+    Ok(())
+}
+
+/// A chat message made ready for the chat template: text content parts joined
+/// with newlines (as vLLM does for text-only models); image, audio and other parts,
+/// and tool calls, refused.
+pub fn message(m: &Value) -> Result<Value, ApiError> {
+    let bad = |msg: String| Err(ApiError::bad(msg, Some("messages")));
+    let (Some(Value::String(role)), Some(content)) =
+        (m.get("role"), m.get("content").or(Some(&Value::Null)))
+    else {
+        return bad(format!(
+            "each message needs a string `role` and a `content`, got {}",
+            short(m)
+        ));
+    };
+    if asks(m.get("tool_calls")) || role == "tool" || role == "function" {
+        return bad(
+            "tool calls and tool messages are not supported by this server yet (no tool calling)"
+                .into(),
+        );
+    }
+    let text = match content {
+        Value::String(_) | Value::Null => content.clone(),
+        Value::Array(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for part in parts {
+                match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
+                    (Some("text"), _) => {
+                        return bad(format!(
+                            "a text content part needs a string `text`, got {}",
+                            short(part)
+                        ));
+                    }
+                    (Some(other), _) => {
+                        return bad(format!(
+                            "content parts of type `{other}` are not supported: this server serves a text-only model"
+                        ));
+                    }
+                    (None, _) => {
+                        return bad(format!(
+                            "each content part needs a `type`, got {}",
+                            short(part)
+                        ));
+                    }
+                }
+            }
+            Value::String(texts.join("\n"))
+        }
+        other => {
+            return bad(format!(
+                "a message's content must be a string or a list of content parts, got {}",
+                short(other)
+            ));
+        }
+    };
+    let mut out = m.clone();
+    out["content"] = text;
+    Ok(out)
+}
+
+/// Parses and validates a completions or chat body against the served model name.
+pub fn parse(body: &Body, kind: Kind, served: &str) -> Result<Parsed, ApiError> {
+    refuse_unimplemented(body, kind)?;
     match body.get("model") {
         None | Some(Value::Null) => {}
         Some(Value::String(m)) if m == served => {}
@@ -160,6 +371,13 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
     }
     let prompts = match kind {
         Kind::Completion => match body.get("prompt") {
+            None if body.ids("prompt").is_some() => {
+                let ids = body.ids("prompt").expect("checked");
+                ids.lists
+                    .iter()
+                    .map(|l| PromptIn::Ids(l.as_slice().into()))
+                    .collect()
+            }
             None | Some(Value::Null) => {
                 return Err(ApiError::bad(
                     "At least one of `prompt` or `prompt_embeds` must be set.",
@@ -175,12 +393,8 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
                 .map(|s| PromptIn::Text(s.as_str().unwrap().to_string()))
                 .collect(),
             Some(Value::Array(a)) if a.iter().all(Value::is_number) => {
-                vec![PromptIn::Ids(token_ids(a, "prompt")?)]
+                vec![PromptIn::Ids(token_ids(a, "prompt")?.into())]
             }
-            Some(Value::Array(a)) if a.iter().all(Value::is_array) => a
-                .iter()
-                .map(|p| token_ids(p.as_array().unwrap(), "prompt").map(PromptIn::Ids))
-                .collect::<Result<_, _>>()?,
             Some(other) => {
                 return Err(ApiError::bad(
                     format!(
@@ -193,21 +407,9 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
         },
         Kind::Chat => match body.get("messages") {
             Some(Value::Array(a)) if !a.is_empty() => {
-                for m in a {
-                    let ok = m.get("role").is_some_and(Value::is_string)
-                        && m.get("content")
-                            .is_some_and(|c| c.is_string() || c.is_array() || c.is_null());
-                    if !ok {
-                        return Err(ApiError::bad(
-                            format!(
-                                "each message needs a string `role` and a `content`, got {}",
-                                short(m)
-                            ),
-                            Some("messages"),
-                        ));
-                    }
-                }
-                vec![PromptIn::Messages(Value::Array(a.clone()))]
+                vec![PromptIn::Messages(Value::Array(
+                    a.iter().map(message).collect::<Result<_, _>>()?,
+                ))]
             }
             _ => {
                 return Err(ApiError::bad(
@@ -332,6 +534,24 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
             ));
         }
     };
+    if stop.len() > MAX_STOPS {
+        return Err(ApiError::bad(
+            format!(
+                "stop may hold at most {MAX_STOPS} strings, got {}.",
+                stop.len()
+            ),
+            Some("stop"),
+        ));
+    }
+    if stop_token_ids.len() > MAX_STOPS {
+        return Err(ApiError::bad(
+            format!(
+                "stop_token_ids may hold at most {MAX_STOPS} ids, got {}.",
+                stop_token_ids.len()
+            ),
+            Some("stop_token_ids"),
+        ));
+    }
     let stream = boolean(body, "stream")?;
     let include_usage = match body.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -342,7 +562,7 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
                     Some("stream_options"),
                 ));
             }
-            boolean(o, "include_usage")?
+            flag(o.get("include_usage"), "include_usage")?
         }
         Some(other) => {
             return Err(ApiError::bad(
@@ -351,21 +571,6 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
             ));
         }
     };
-    for key in ["prompt_logprobs", "logit_bias", "suffix"] {
-        let used = match body.get(key) {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => !s.is_empty(),
-            Some(Value::Object(o)) => !o.is_empty(),
-            Some(_) => true,
-        };
-        if used {
-            return Err(ApiError::bad(
-                format!("`{key}` is not supported by this server yet"),
-                Some(key),
-            ));
-        }
-    }
     let max_lp = 20;
     let logprobs = match kind {
         Kind::Completion => match int(body, "logprobs")? {
@@ -406,6 +611,29 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
             }
         }
     };
+    let echo = boolean(body, "echo")?;
+    if echo && logprobs.is_some() {
+        return Err(ApiError::bad(
+            "`echo` with `logprobs` asks for the prompt's log-probabilities, which this server does not compute yet; send `echo` or `logprobs`, not both",
+            Some("echo"),
+        ));
+    }
+    if echo && kind == Kind::Chat {
+        return Err(ApiError::bad(
+            "`echo` is not supported on chat completions by this server yet",
+            Some("echo"),
+        ));
+    }
+    let seqs = prompts.len() * n as usize;
+    if seqs > MAX_REQUEST_SEQS {
+        return Err(ApiError::bad(
+            format!(
+                "a request may ask for at most {MAX_REQUEST_SEQS} sequences (prompts × n), this one asks for {} × {n} = {seqs}.",
+                prompts.len()
+            ),
+            Some("n"),
+        ));
+    }
     if temperature == 0.0 && n > 1 {
         return Err(ApiError::bad(
             format!("n must be 1 when using greedy sampling, got {n}."),
@@ -426,13 +654,21 @@ pub fn parse(body: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError>
             repetition_penalty,
         },
         seed,
-        stop,
-        stop_token_ids,
+        stop: stop.into(),
+        stop_token_ids: stop_token_ids.into(),
         ignore_eos: boolean(body, "ignore_eos")?,
         stream,
         include_usage,
-        echo: boolean(body, "echo")?,
+        echo,
         logprobs,
+        add_special_tokens: match body.get("add_special_tokens") {
+            None | Some(Value::Null) => kind == Kind::Completion,
+            v => flag(v, "add_special_tokens")?,
+        },
+        add_generation_prompt: match body.get("add_generation_prompt") {
+            None | Some(Value::Null) => true,
+            v => flag(v, "add_generation_prompt")?,
+        },
     })
 }
 
@@ -468,7 +704,7 @@ pub fn fit_context(
 /// The engine request for one prompt and one of its `n` samples.
 pub fn gen_request(
     p: &Parsed,
-    prompt: Vec<u32>,
+    prompt: Arc<[u32]>,
     max_tokens: usize,
     sample_index: usize,
 ) -> GenRequest {
@@ -502,6 +738,11 @@ fn short(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::parse`] on a body given as a `Value`.
+    fn parse(v: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError> {
+        super::parse(&Body::from_value(v.clone())?, kind, served)
+    }
 
     #[test]
     fn defaults_and_errors() {
@@ -582,5 +823,111 @@ mod tests {
         let e = fit_context(10, Some(20), 16).unwrap_err();
         assert!(e.message.starts_with("This model's maximum context length is 16 tokens. However, you requested 20 output tokens and your prompt contains at least 10 input tokens, for a total of at least 30 tokens."));
         assert_eq!(fit_context(10, None, 16).unwrap(), 6);
+    }
+
+    #[test]
+    fn fields_that_would_be_ignored_are_refused() {
+        let refused = [
+            json!({"prompt": "x", "echo": true, "logprobs": 1}),
+            json!({"prompt": "x", "echo": true, "logprobs": 0}),
+            json!({"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            json!({"prompt": "x", "tool_choice": "auto"}),
+            json!({"prompt": "x", "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+            json!({"prompt": "x", "response_format": {"type": "json_object"}}),
+            json!({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {}}}),
+            json!({"prompt": "x", "guided_json": {"type": "object"}}),
+            json!({"prompt": "x", "min_tokens": 3}),
+            json!({"prompt": "x", "best_of": 3}),
+            json!({"prompt": "x", "skip_special_tokens": false}),
+            json!({"prompt": "x", "include_stop_str_in_output": true}),
+            json!({"prompt": "x", "prompt_logprobs": 1}),
+            json!({"prompt": "x", "logit_bias": {"5": 10}}),
+            json!({"prompt": "x", "stop": vec!["s"; MAX_STOPS + 1]}),
+            json!({"prompt": vec!["p"; 17], "n": 128}),
+        ];
+        for b in refused {
+            let e = parse(&b, Kind::Completion, "m").expect_err(&b.to_string());
+            assert_eq!(e.status, 400, "{b}");
+        }
+        let e = parse(
+            &json!({"prompt": "x", "echo": true, "logprobs": 1}),
+            Kind::Completion,
+            "m",
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("prompt's log-probabilities"),
+            "{}",
+            e.message
+        );
+        // Neutral values of the same fields change nothing and are accepted.
+        for b in [
+            json!({"prompt": "x", "tools": [], "tool_choice": "none"}),
+            json!({"prompt": "x", "response_format": {"type": "text"}}),
+            json!({"prompt": "x", "min_tokens": 0, "best_of": 1, "skip_special_tokens": true}),
+            json!({"prompt": "x", "echo": true}),
+            json!({"prompt": vec!["p"; 16], "n": 128}),
+        ] {
+            parse(&b, Kind::Completion, "m").unwrap_or_else(|e| panic!("{b}: {}", e.message));
+        }
+    }
+
+    #[test]
+    fn text_content_parts_are_joined_and_others_refused() {
+        let p = parse(
+            &json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}),
+            Kind::Chat,
+            "m",
+        )
+        .unwrap();
+        assert_eq!(
+            p.prompts,
+            vec![PromptIn::Messages(
+                json!([{"role": "user", "content": "a\nb"}])
+            )]
+        );
+        for content in [
+            json!([{"type": "image_url", "image_url": {"url": "data:,"}}]),
+            json!([{"type": "input_audio", "input_audio": {}}]),
+            json!([{"type": "text"}]),
+            json!([{"text": "no type"}]),
+            json!(5),
+        ] {
+            let e = parse(
+                &json!({"messages": [{"role": "user", "content": content}]}),
+                Kind::Chat,
+                "m",
+            )
+            .unwrap_err();
+            assert_eq!(
+                (e.status, e.param.as_deref()),
+                (400, Some("messages")),
+                "{content}"
+            );
+        }
+        let e = parse(
+            &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            Kind::Chat,
+            "m",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("`image_url`"), "{}", e.message);
+    }
+
+    #[test]
+    fn token_id_prompts_are_shared_not_copied() {
+        let p = parse(
+            &json!({"prompt": [[1, 2], [3]], "n": 3}),
+            Kind::Completion,
+            "m",
+        )
+        .unwrap();
+        let PromptIn::Ids(ids) = &p.prompts[0] else {
+            panic!("ids")
+        };
+        let a = gen_request(&p, ids.clone(), 4, 0);
+        let b = gen_request(&p, ids.clone(), 4, 1);
+        assert!(Arc::ptr_eq(&a.prompt, &b.prompt) && Arc::ptr_eq(&a.stop, &b.stop));
+        assert_ne!(a.seed, b.seed);
     }
 }

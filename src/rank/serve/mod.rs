@@ -1,11 +1,18 @@
 //! `rrank` serving: every rank loads its shard and sizes its KV cache; rank 0 runs
-//! the HTTP front ([`http`], request validation in [`api`]) and the engine loop, the
-//! other ranks follow the StepPlans. SIGTERM/SIGINT on rank 0 stops new requests
-//! (503), lets the ones in flight finish, then shuts every rank down.
+//! the HTTP front ([`http`]: server and routing; [`openai`] and [`vllm`] routes;
+//! [`body`] reading and [`api`] validation; [`state`] shared by handlers; [`metrics`])
+//! and the engine loop, the other ranks follow the StepPlans. SIGTERM/SIGINT on rank 0
+//! stops new requests (503), lets the ones in flight finish, then shuts every rank
+//! down; every response in flight gets its end before rank 0 exits, also when the
+//! engine fails.
 
 pub mod api;
+pub mod body;
 pub mod http;
 pub mod metrics;
+pub mod openai;
+pub mod state;
+pub mod vllm;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -19,6 +26,10 @@ use super::engine::scheduler::{Limits, Scheduler};
 use super::engine::{Engine, Stats};
 use super::kv::BlockAllocator;
 use super::startup;
+
+/// How long responses in flight may take to reach their clients once the engine
+/// has stopped.
+const RESPONSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the server (every rank).
 pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
@@ -58,13 +69,22 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
     let (env, cfg) = (s.env.clone(), s.cfg.clone());
     if env.rank == 0 {
         let codec = Arc::new(s.codec.take().expect("tokenizer loaded for serving"));
-        let state = Arc::new(http::AppState {
+        if !(serve.body_timeout > 0.0 && serve.body_timeout.is_finite()) {
+            return Err(RankError::Invalid(format!(
+                "--body-timeout {} must be a positive number of seconds",
+                serve.body_timeout
+            )));
+        }
+        let state = Arc::new(state::AppState {
             codec: codec.clone(),
             submit: Mutex::new(tx),
             served: served.clone(),
             max_model_len,
             vocab: cfg.vocab_size,
             api_key: serve.api_key.clone(),
+            body_timeout: std::time::Duration::from_secs_f64(serve.body_timeout),
+            max_queued: serve.max_queued_seqs,
+            queued: Default::default(),
             stats: stats.clone(),
             stopping: stop.clone(),
             ready: AtomicBool::new(false),
@@ -75,10 +95,13 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
             gauges: Mutex::new(vec![]),
             latency: Arc::new(Mutex::new(metrics::Latency::default())),
         });
-        let addr =
+        let server =
             http::spawn(state.clone(), &serve.host, serve.port).map_err(RankError::Runtime)?;
-        eprintln!("rrank: listening on http://{addr} (503 until the weights are loaded)");
-        front = Some((state, codec, addr));
+        crate::elog!(
+            "rrank: listening on http://{} (503 until the weights are loaded)",
+            server.addr
+        );
+        front = Some((state, codec, server));
     }
     let mut backend = startup::load_backend(engine, &mut s)?;
     let t_loaded = Instant::now();
@@ -100,7 +123,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         max_model_len,
     )?;
     let blocks = kv.blocks;
-    eprintln!("rrank: {}", kv.line);
+    crate::elog!("rrank: {}", kv.line);
     let t_kv = Instant::now();
     if let Backend::Cuda(m) = &mut backend {
         let tokens = serve.max_num_batched_tokens;
@@ -116,7 +139,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
             Backend::Cuda(m) if m.graphs.enabled => " and CUDA-graph capture",
             _ => "",
         };
-        eprintln!(
+        crate::elog!(
             "rrank: start-up: {:.2} s to the loaded weights (libraries, checkpoint, NCCL), {:.2} s KV cache, {:.2} s warm-up{graphs}",
             (t_loaded - t_start).as_secs_f64(),
             (t_kv - t_loaded).as_secs_f64(),
@@ -131,7 +154,8 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
             .map_err(|e| RankError::Runtime(format!("reporting memory to rank 0: {e}")))?;
         return exec.follow(comm.as_mut()).map_err(RankError::Runtime);
     }
-    let (state, codec, addr) = front.expect("rank 0 serves");
+    let (state, codec, server) = front.expect("rank 0 serves");
+    let addr = server.addr;
     let mut reports = vec![mine];
     for r in 1..env.world_size {
         let b = comm
@@ -178,12 +202,19 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
     // /metrics shows the real KV capacity from the first scrape, not zeros until a step ran.
     *stats.lock().unwrap() = eng.stats();
     state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    eprintln!(
+    crate::elog!(
         "rrank: serving {served} on http://{addr} (max_model_len {max_model_len}, {} ranks)",
         env.world_size
     );
-    eng.run(comm.as_mut(), rx, stop, stats)
-        .map_err(RankError::Runtime)?;
-    eprintln!("rrank: shut down");
+    let result = eng.run(comm.as_mut(), rx, stop, stats);
+    // Sequences still held end here, so their streams get an error event.
+    drop(eng);
+    if !server.shutdown(RESPONSE_GRACE) {
+        crate::elog!(
+            "rrank: some responses were still being sent {RESPONSE_GRACE:?} after the engine stopped"
+        );
+    }
+    result.map_err(RankError::Runtime)?;
+    crate::elog!("rrank: shut down");
     Ok(())
 }

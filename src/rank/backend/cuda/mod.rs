@@ -622,10 +622,11 @@ impl Drop for Gpu {
     fn drop(&mut self) {
         if let Some(p) = &self.profile {
             let _ = self.stream.synchronize();
-            eprint!(
+            let report = p.report();
+            crate::elog!(
                 "rrank: kernel profile of GPU {} (RRANK_PROFILE=1, eager steps):\n{}",
                 self.ordinal,
-                p.report()
+                report.trim_end()
             );
         }
         // SAFETY: the handle was created in open and is destroyed once.

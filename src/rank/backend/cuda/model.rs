@@ -1057,7 +1057,7 @@ impl CudaModel {
                 Ok(())
             }
             (run, graph) => {
-                eprintln!(
+                crate::elog!(
                     "rrank: warning: capturing a CUDA graph of {n} tokens failed ({}); running eagerly from now on",
                     match (&run, &graph) {
                         (Err(e), _) => e.to_string(),
