@@ -423,3 +423,280 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The scheduler with a fake model and no backend: the next token is a fixed
+    //! function of every token before it, so a sequence's output does not depend on
+    //! batching, chunking, preemption or the prefix cache, and any token lost,
+    //! duplicated or fed at the wrong position changes it.
+
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    use super::*;
+
+    fn codec() -> TextCodec {
+        TextCodec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama")).unwrap()
+    }
+
+    fn next_token(context: &[u32]) -> u32 {
+        let h = context
+            .iter()
+            .fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(t as u64));
+        4 + (h % 200) as u32
+    }
+
+    fn request(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
+        GenRequest {
+            prompt: prompt.into(),
+            params: SamplingParams::default(),
+            max_tokens,
+            seed: 0,
+            stop: Arc::from(vec![]),
+            stop_token_ids: Arc::from(vec![]),
+            ignore_eos: true,
+            logprobs: None,
+        }
+    }
+
+    fn scheduler(blocks: usize, max_num_seqs: usize, max_batched_tokens: usize) -> Scheduler {
+        Scheduler::new(
+            BlockAllocator::with_prefix_caching(blocks, 4, true),
+            Limits {
+                max_num_seqs,
+                max_batched_tokens,
+                max_model_len: 64,
+            },
+            vec![],
+        )
+    }
+
+    /// The fake model's KV cache: the token at each slot of each block, written
+    /// and read through the plans' block tables as the real cache is. Each step is
+    /// checked against the limits; the steps' token counts are kept.
+    struct Fake {
+        kv: HashMap<usize, [Option<u32>; 4]>,
+        steps: Vec<usize>,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            Fake {
+                kv: HashMap::new(),
+                steps: vec![],
+            }
+        }
+
+        fn step(&mut self, s: &mut Scheduler, codec: &TextCodec) -> bool {
+            s.reap_aborted();
+            let plan = s.schedule();
+            if plan.is_empty() {
+                return false;
+            }
+            let tokens: usize = plan.iter().map(|p| p.tokens.len()).sum();
+            assert!(
+                tokens <= s.limits.max_batched_tokens,
+                "{tokens} tokens in one step"
+            );
+            assert!(plan.len() <= s.limits.max_num_seqs);
+            self.steps.push(tokens);
+            let mut drawn = vec![];
+            for p in &plan {
+                let end = p.start + p.tokens.len();
+                assert!(p.blocks.len() * 4 >= end, "blocks for every position");
+                for (k, &t) in p.tokens.iter().enumerate() {
+                    let pos = p.start + k;
+                    self.kv.entry(p.blocks[pos / 4]).or_default()[pos % 4] = Some(t);
+                }
+                let context: Vec<u32> = (0..end)
+                    .map(|pos| {
+                        self.kv
+                            .get(&p.blocks[pos / 4])
+                            .and_then(|b| b[pos % 4])
+                            .unwrap_or_else(|| panic!("position {pos} of {} never written", p.id))
+                    })
+                    .collect();
+                if p.sample {
+                    drawn.push(Sampled {
+                        token: next_token(&context),
+                        logprob: None,
+                        top: vec![],
+                    });
+                }
+            }
+            s.update(&plan, &drawn, codec);
+            true
+        }
+
+        fn run(&mut self, s: &mut Scheduler, codec: &TextCodec) {
+            for _ in 0..10_000 {
+                if !self.step(s, codec) && s.is_idle() {
+                    return;
+                }
+            }
+            panic!("the scheduler did not finish");
+        }
+    }
+
+    /// Tokens and the end of one request's event stream; exactly one `Done`, last.
+    fn drain(rx: &mut UnboundedReceiver<Event>) -> (Vec<u32>, String, Finish) {
+        let (mut toks, mut text, mut end) = (vec![], String::new(), None);
+        while let Ok(ev) = rx.try_recv() {
+            assert!(end.is_none(), "an event after Done");
+            match ev {
+                Event::Token { text: t, token, .. } => {
+                    toks.push(token);
+                    text += &t;
+                }
+                Event::Done { finish, .. } => end = Some(finish),
+            }
+        }
+        (toks, text, end.expect("a Done event"))
+    }
+
+    fn alone(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+        let mut ctx = prompt.to_vec();
+        for _ in 0..max_tokens {
+            let t = next_token(&ctx);
+            ctx.push(t);
+        }
+        ctx[prompt.len()..].to_vec()
+    }
+
+    #[test]
+    fn chunked_prefill_keeps_the_token_budget_and_samples_once_at_the_end() {
+        let c = codec();
+        let mut s = scheduler(64, 8, 8);
+        let (tx, mut rx) = unbounded_channel();
+        let prompt: Vec<u32> = (4..24).collect();
+        s.add(request(prompt.clone(), 3), tx);
+        let mut f = Fake::new();
+        f.run(&mut s, &c);
+        // 20 prompt tokens in chunks of 8, 8, 4 (the last samples), then 2 decode steps.
+        assert_eq!(f.steps, vec![8, 8, 4, 1, 1]);
+        let (toks, _, finish) = drain(&mut rx);
+        assert_eq!((toks, finish), (alone(&prompt, 3), Finish::Length));
+        assert_eq!(s.alloc.free_blocks(), s.alloc.total());
+    }
+
+    #[test]
+    fn preempted_sequences_resume_with_nothing_lost_or_duplicated() {
+        let c = codec();
+        // 12 blocks of 4 tokens = 48 cache tokens; 6 requests need about 6 × 22 = 132.
+        let mut s = scheduler(12, 6, 16);
+        let prompts: Vec<Vec<u32>> = (0..6)
+            .map(|i| (0..6 + i).map(|j| 4 + (7 * i + j) as u32 % 190).collect())
+            .collect();
+        let mut rxs = vec![];
+        for p in &prompts {
+            let (tx, rx) = unbounded_channel();
+            s.add(request(p.clone(), 14), tx);
+            rxs.push(rx);
+        }
+        Fake::new().run(&mut s, &c);
+        assert!(
+            s.counters.preemptions > 0,
+            "the pool is too small for all at once"
+        );
+        for (p, rx) in prompts.iter().zip(&mut rxs) {
+            let (toks, _, finish) = drain(rx);
+            assert_eq!(toks, alone(p, 14));
+            assert_eq!(finish, Finish::Length);
+        }
+        assert_eq!(s.counters.finished, 6);
+        assert_eq!(s.alloc.free_blocks(), s.alloc.total());
+    }
+
+    #[test]
+    fn the_prefix_cache_serves_full_blocks_and_changes_nothing() {
+        let c = codec();
+        let mut s = scheduler(32, 4, 64);
+        let prompt: Vec<u32> = (10..30).collect(); // 5 full blocks of 4
+        let mut outs = vec![];
+        let mut f = Fake::new();
+        for _ in 0..2 {
+            let (tx, mut rx) = unbounded_channel();
+            s.add(request(prompt.clone(), 4), tx);
+            f.run(&mut s, &c);
+            outs.push(drain(&mut rx).0);
+        }
+        assert_eq!(outs[0], outs[1]);
+        assert_eq!(outs[0], alone(&prompt, 4));
+        // The second request found the first one's committed blocks (all but the block
+        // holding the last prompt position, which must be recomputed to sample).
+        assert!(s.alloc.hits >= 16, "hits {}", s.alloc.hits);
+        // Cached blocks can be evicted: a request needing the whole pool still runs.
+        let (tx, mut rx) = unbounded_channel();
+        let long: Vec<u32> = (100..160).collect();
+        s.add(request(long.clone(), 4), tx);
+        f.run(&mut s, &c);
+        assert_eq!(drain(&mut rx).0, alone(&long, 4));
+    }
+
+    #[test]
+    fn an_aborted_request_frees_its_blocks_and_ends_without_done() {
+        let c = codec();
+        let mut s = scheduler(32, 4, 64);
+        let (tx, rx) = unbounded_channel();
+        s.add(request((4..20).collect(), 30), tx);
+        let (tx2, mut rx2) = unbounded_channel();
+        s.add(request((40..50).collect(), 5), tx2);
+        let mut f = Fake::new();
+        f.step(&mut s, &c);
+        assert!(s.alloc.free_blocks() < s.alloc.total());
+        drop(rx);
+        f.run(&mut s, &c);
+        assert_eq!(s.counters.aborted, 1);
+        assert_eq!(drain(&mut rx2).0, alone(&(40..50).collect::<Vec<_>>(), 5));
+        assert_eq!(s.alloc.free_blocks(), s.alloc.total());
+        // A waiting request aborted before it ran.
+        let (tx, rx) = unbounded_channel();
+        s.add(request((4..8).collect(), 3), tx);
+        drop(rx);
+        f.run(&mut s, &c);
+        assert_eq!(s.counters.aborted, 2);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_stop_string_across_token_boundaries_is_found_and_never_sent() {
+        let c = codec();
+        let words = c.encode(" alpha beta gamma delta", false).unwrap();
+        // The fake model is replaced by a script: the request's output is `words`.
+        let mut s = scheduler(32, 4, 64);
+        let (tx, mut rx) = unbounded_channel();
+        let mut req = request(vec![5, 6], 20);
+        req.stop = Arc::from(vec!["ta gam".to_string()]);
+        s.add(req, tx);
+        let mut i = 0;
+        loop {
+            let plan = s.schedule();
+            if plan.is_empty() {
+                break;
+            }
+            let drawn: Vec<Sampled> = plan
+                .iter()
+                .filter(|p| p.sample)
+                .map(|_| {
+                    i += 1;
+                    Sampled {
+                        token: words[(i - 1).min(words.len() - 1)],
+                        logprob: None,
+                        top: vec![],
+                    }
+                })
+                .collect();
+            s.update(&plan, &drawn, &c);
+        }
+        let (_, text, finish) = drain(&mut rx);
+        assert_eq!(text, " alpha be");
+        assert_eq!(
+            finish,
+            Finish::Stop(Some(StopReason::Text("ta gam".into())))
+        );
+        assert_eq!(s.alloc.free_blocks(), s.alloc.total());
+    }
+}
