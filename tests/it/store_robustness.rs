@@ -1,10 +1,13 @@
-//! Malformed and hostile traffic against rrun's store server: each bad client is
-//! dropped alone; the server stays up and keeps serving everyone else.
+//! Malformed, hostile and heavy traffic against rrun's store server: each bad client
+//! is dropped alone; the server stays up and keeps serving everyone else; a large
+//! frame does not stall the others.
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rrun::store::codec::{self, Request};
 use rrun::store::{Client, StoreServer};
 
 use crate::util::{closed, ping, raw};
@@ -156,4 +159,71 @@ fn port_in_use_is_reported() {
     let (_s, port) = server();
     let err = StoreServer::start(port).err().expect("second bind fails");
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+}
+
+#[test]
+fn a_64_mib_frame_does_not_stall_other_clients() {
+    let (_s, port) = server();
+    // The largest values the store takes, eight of them: a 64 MiB MULTI_SET frame.
+    let values: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| {
+            let mut v = vec![i; codec::MAX_VALUE_LEN];
+            v[..4].copy_from_slice(b"head");
+            v
+        })
+        .collect();
+    let kvs = (0..8)
+        .map(|i| (format!("/big{i}").into_bytes(), values[i].clone()))
+        .collect();
+    let mut frame = Vec::new();
+    codec::encode(&Request::MultiSet(kvs), &mut frame);
+    assert!(frame.len() > 64 << 20);
+
+    let mut pinger = raw(port);
+    pinger
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let landed = AtomicBool::new(false);
+    let (mut worst, mut pings) = (Duration::ZERO, 0u32);
+    let sent = std::thread::scope(|sc| {
+        let sender = sc.spawn(|| {
+            let mut big = raw(port);
+            big.set_read_timeout(Some(Duration::from_secs(120)))
+                .unwrap();
+            let t = Instant::now();
+            big.write_all(&frame).unwrap();
+            // The PING's echo follows the MULTI_SET: the frame has been applied.
+            let ok = ping(&mut big, 7);
+            landed.store(true, Ordering::SeqCst);
+            (ok, t.elapsed())
+        });
+        while !landed.load(Ordering::SeqCst) {
+            let t = Instant::now();
+            assert!(ping(&mut pinger, pings), "PING {pings} failed");
+            worst = worst.max(t.elapsed());
+            pings += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sender.join().unwrap()
+    });
+    eprintln!(
+        "64 MiB MULTI_SET took {:?}; {pings} PINGs meanwhile, slowest {worst:?}",
+        sent.1
+    );
+    assert!(
+        sent.0,
+        "the big client's PING after its MULTI_SET was echoed"
+    );
+    assert!(pings >= 2, "PINGs overlapped the transfer ({pings})");
+    assert!(
+        worst < Duration::from_millis(200),
+        "a PING took {worst:?} while another client sent a 64 MiB frame"
+    );
+    let mut c = client(port);
+    for (i, v) in values.iter().enumerate() {
+        assert!(
+            c.get(&format!("big{i}")).unwrap() == *v,
+            "big{i} landed intact"
+        );
+    }
 }
