@@ -92,6 +92,17 @@ impl StoreServer {
     pub fn num_keys(&self) -> usize {
         self.state.lock().unwrap().num_keys()
     }
+
+    /// Number of connections with a pending WAIT (for diagnostics and tests).
+    pub fn pending_waits(&self) -> usize {
+        self.state.lock().unwrap().pending_waits()
+    }
+
+    /// Number of (key, connection) registrations of pending WAITs (for diagnostics
+    /// and tests).
+    pub fn watchers(&self) -> usize {
+        self.state.lock().unwrap().watchers()
+    }
 }
 
 impl Drop for StoreServer {
