@@ -1,5 +1,6 @@
 //! The TCPStore wire format of PyTorch 2.11 (shared/spec/torchrun.md §5): request
-//! decoding for the server, request encoding for the client, and the limits.
+//! decoding for the server (incremental, one [`Decoder`] per connection), request
+//! encoding for the client, and the limits.
 //!
 //! It owns bytes only: no sockets, no state. Integers are little-endian (native on
 //! x86-64 and ARM64, which is what torch writes); strings and values are a `u64`
@@ -103,74 +104,241 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Reading stopped: either the frame is not complete yet, or it is invalid.
-enum Stop {
-    Incomplete,
-    Bad(DecodeError),
+/// One primitive field of a frame, after the command byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    U32,
+    I64,
+    Key,
+    Value,
 }
 
-impl From<DecodeError> for Stop {
-    fn from(e: DecodeError) -> Self {
-        Stop::Bad(e)
+/// The fields of a frame: fixed, or a `u64` count (at most [`MAX_KEYS`]) followed
+/// by that many repetitions of a group.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Fixed(&'static [Field]),
+    Counted(&'static [Field]),
+}
+
+fn shape(cmd: u8) -> Result<Shape, DecodeError> {
+    use Field::*;
+    Ok(match cmd {
+        op::VALIDATE | op::PING => Shape::Fixed(&[U32]),
+        op::SET | op::APPEND | op::QUEUE_PUSH => Shape::Fixed(&[Key, Value]),
+        op::COMPARE_SET => Shape::Fixed(&[Key, Value, Value]),
+        op::GET | op::DELETE_KEY | op::QUEUE_POP | op::QUEUE_LEN => Shape::Fixed(&[Key]),
+        op::ADD => Shape::Fixed(&[Key, I64]),
+        op::CHECK | op::WAIT | op::MULTI_GET => Shape::Counted(&[Key]),
+        op::MULTI_SET => Shape::Counted(&[Key, Value]),
+        op::GETNUMKEYS | op::CANCEL_WAIT | op::LIST_KEYS => Shape::Fixed(&[]),
+        other => return Err(DecodeError::UnknownCommand(other)),
+    })
+}
+
+/// What the decoder is reading now.
+enum Pending {
+    /// A little-endian integer of `need` bytes (1, 4 or 8), `got` of them so far.
+    Head { what: Head, need: usize, got: usize },
+    /// The body of a key or value: `need` bytes in all.
+    Body { data: Vec<u8>, need: usize },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Head {
+    Cmd,
+    Count,
+    Field(Field),
+}
+
+fn head(what: Head, need: usize) -> Pending {
+    Pending::Head { what, need, got: 0 }
+}
+
+/// A body buffer starts this large and is grown to the announced length only once
+/// the client has sent more than this, so announcing a large value and sending
+/// nothing holds no more than this.
+const BODY_START: usize = 64 * 1024;
+
+/// An incremental request decoder for one connection.
+///
+/// Bytes are fed as they arrive and each byte is examined once: a partial frame's
+/// progress is kept between calls, so a frame of N bytes costs O(N) however it is
+/// split, and a body is copied once, straight into the value it becomes. Limits are
+/// checked as soon as a length or count is complete, before the body it announces
+/// is buffered.
+pub struct Decoder {
+    pending: Pending,
+    head: [u8; 8],
+    cmd: u8,
+    fields: &'static [Field],
+    counted: bool,
+    /// Index in `fields` of the field being read.
+    next: usize,
+    /// Counted frames: repetitions of the group still to finish, once the count is in.
+    groups_left: Option<usize>,
+    /// The integer fields read so far, in order.
+    ints: Vec<u64>,
+    /// The key and value fields read so far, in order.
+    bytes: Vec<Vec<u8>>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            pending: head(Head::Cmd, 1),
+            head: [0; 8],
+            cmd: 0,
+            fields: &[],
+            counted: false,
+            next: 0,
+            groups_left: None,
+            ints: Vec::new(),
+            bytes: Vec::new(),
+        }
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+impl Decoder {
+    /// Consumes bytes from the front of `input` until one frame is complete or the
+    /// input runs out. Returns the request when a frame completed (`input` then
+    /// holds what follows it), `None` when all of `input` was consumed mid-frame,
+    /// and an error when the frame can never become valid (the connection is then
+    /// to be closed; the decoder's state is unspecified).
+    pub fn feed(&mut self, input: &mut &[u8]) -> Result<Option<Request>, DecodeError> {
+        loop {
+            match &mut self.pending {
+                Pending::Head { what, need, got } => {
+                    let n = (*need - *got).min(input.len());
+                    self.head[*got..*got + n].copy_from_slice(&input[..n]);
+                    *input = &input[n..];
+                    *got += n;
+                    if *got < *need {
+                        return Ok(None);
+                    }
+                    let what = *what;
+                    let v = u64::from_le_bytes(self.head);
+                    self.head = [0; 8];
+                    match what {
+                        Head::Cmd => {
+                            self.cmd = v as u8;
+                            (self.fields, self.counted) = match shape(self.cmd)? {
+                                Shape::Fixed(f) => (f, false),
+                                Shape::Counted(f) => (f, true),
+                            };
+                        }
+                        Head::Count => {
+                            if v > MAX_KEYS as u64 {
+                                return Err(DecodeError::TooManyKeys(v));
+                            }
+                            let n = v as usize;
+                            self.groups_left = Some(n);
+                            self.bytes.reserve((n * self.fields.len()).min(1024));
+                        }
+                        Head::Field(Field::U32 | Field::I64) => {
+                            self.ints.push(v);
+                            self.next += 1;
+                        }
+                        Head::Field(f @ (Field::Key | Field::Value)) => {
+                            if f == Field::Key && v > MAX_KEY_LEN as u64 {
+                                return Err(DecodeError::KeyTooLong(v));
+                            }
+                            if f == Field::Value && v > MAX_VALUE_LEN as u64 {
+                                return Err(DecodeError::ValueTooLong(v));
+                            }
+                            let need = v as usize;
+                            self.pending = Pending::Body {
+                                data: Vec::with_capacity(need.min(BODY_START)),
+                                need,
+                            };
+                            continue;
+                        }
+                    }
+                }
+                Pending::Body { data, need } => {
+                    let n = (*need - data.len()).min(input.len());
+                    if data.len() + n > data.capacity() {
+                        data.reserve_exact(*need - data.len());
+                    }
+                    data.extend_from_slice(&input[..n]);
+                    *input = &input[n..];
+                    if data.len() < *need {
+                        return Ok(None);
+                    }
+                    self.bytes.push(std::mem::take(data));
+                    self.next += 1;
+                }
+            }
+            if self.advance() {
+                let d = std::mem::take(self);
+                return build(d.cmd, d.ints, d.bytes)
+                    .map(Some)
+                    .ok_or(DecodeError::UnknownCommand(d.cmd));
+            }
+        }
+    }
+
+    /// Sets up the read of the next field; true once the frame is complete.
+    fn advance(&mut self) -> bool {
+        if self.counted {
+            let Some(mut left) = self.groups_left else {
+                self.pending = head(Head::Count, 8);
+                return false;
+            };
+            if self.next == self.fields.len() {
+                left -= 1;
+                self.next = 0;
+                self.groups_left = Some(left);
+            }
+            if left == 0 {
+                return true;
+            }
+        } else if self.next == self.fields.len() {
+            return true;
+        }
+        let f = self.fields[self.next];
+        self.pending = head(Head::Field(f), if f == Field::U32 { 4 } else { 8 });
+        false
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Stop> {
-        if self.buf.len() - self.pos < n {
-            return Err(Stop::Incomplete);
+/// Builds the request of `cmd` from its integer and byte fields, in the order
+/// [`shape`] lays them out (`None` for a command [`shape`] refuses).
+fn build(cmd: u8, ints: Vec<u64>, bytes: Vec<Vec<u8>>) -> Option<Request> {
+    let int = ints.first().copied().unwrap_or_default();
+    let mut b = bytes.into_iter();
+    let mut next = || b.next().unwrap_or_default();
+    Some(match cmd {
+        op::VALIDATE => Request::Validate(int as u32),
+        op::SET => Request::Set(next(), next()),
+        op::COMPARE_SET => Request::CompareSet {
+            key: next(),
+            expected: next(),
+            desired: next(),
+        },
+        op::GET => Request::Get(next()),
+        op::ADD => Request::Add(next(), int as i64),
+        op::CHECK => Request::Check(b.collect()),
+        op::WAIT => Request::Wait(b.collect()),
+        op::GETNUMKEYS => Request::GetNumKeys,
+        op::DELETE_KEY => Request::DeleteKey(next()),
+        op::APPEND => Request::Append(next(), next()),
+        op::MULTI_GET => Request::MultiGet(b.collect()),
+        op::MULTI_SET => {
+            let mut kvs = Vec::with_capacity(b.len() / 2);
+            while let (Some(k), Some(v)) = (b.next(), b.next()) {
+                kvs.push((k, v));
+            }
+            Request::MultiSet(kvs)
         }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8, Stop> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, Stop> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    fn u64(&mut self) -> Result<u64, Stop> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
-    fn i64(&mut self) -> Result<i64, Stop> {
-        Ok(self.u64()? as i64)
-    }
-    /// A length-prefixed field; the length is checked before the body is awaited,
-    /// so an oversize frame is refused without buffering it.
-    fn sized(&mut self, max: usize, err: fn(u64) -> DecodeError) -> Result<Vec<u8>, Stop> {
-        let n = self.u64()?;
-        if n > max as u64 {
-            return Err(Stop::Bad(err(n)));
-        }
-        Ok(self.take(n as usize)?.to_vec())
-    }
-    fn key(&mut self) -> Result<Vec<u8>, Stop> {
-        self.sized(MAX_KEY_LEN, DecodeError::KeyTooLong)
-    }
-    fn value(&mut self) -> Result<Vec<u8>, Stop> {
-        self.sized(MAX_VALUE_LEN, DecodeError::ValueTooLong)
-    }
-    fn count(&mut self) -> Result<usize, Stop> {
-        let n = self.u64()?;
-        if n > MAX_KEYS as u64 {
-            return Err(Stop::Bad(DecodeError::TooManyKeys(n)));
-        }
-        Ok(n as usize)
-    }
-    fn keys(&mut self) -> Result<Vec<Vec<u8>>, Stop> {
-        let n = self.count()?;
-        let mut keys = Vec::with_capacity(n.min(1024));
-        for _ in 0..n {
-            keys.push(self.key()?);
-        }
-        Ok(keys)
-    }
+        op::CANCEL_WAIT => Request::CancelWait,
+        op::PING => Request::Ping(int as u32),
+        op::QUEUE_PUSH => Request::QueuePush(next(), next()),
+        op::QUEUE_POP => Request::QueuePop(next()),
+        op::QUEUE_LEN => Request::QueueLen(next()),
+        op::LIST_KEYS => Request::ListKeys,
+        _ => return None,
+    })
 }
 
 /// Decodes one request from the front of `buf`.
@@ -178,48 +346,9 @@ impl<'a> Reader<'a> {
 /// Returns `Ok(None)` when more bytes are needed, `Ok(Some((request, used)))` when a
 /// whole frame was read, and an error when the frame can never become valid.
 pub fn decode(buf: &[u8]) -> Result<Option<(Request, usize)>, DecodeError> {
-    let mut r = Reader { buf, pos: 0 };
-    match decode_inner(&mut r) {
-        Ok(req) => Ok(Some((req, r.pos))),
-        Err(Stop::Incomplete) => Ok(None),
-        Err(Stop::Bad(e)) => Err(e),
-    }
-}
-
-fn decode_inner(r: &mut Reader<'_>) -> Result<Request, Stop> {
-    let cmd = r.u8()?;
-    Ok(match cmd {
-        op::VALIDATE => Request::Validate(r.u32()?),
-        op::SET => Request::Set(r.key()?, r.value()?),
-        op::COMPARE_SET => Request::CompareSet {
-            key: r.key()?,
-            expected: r.value()?,
-            desired: r.value()?,
-        },
-        op::GET => Request::Get(r.key()?),
-        op::ADD => Request::Add(r.key()?, r.i64()?),
-        op::CHECK => Request::Check(r.keys()?),
-        op::WAIT => Request::Wait(r.keys()?),
-        op::GETNUMKEYS => Request::GetNumKeys,
-        op::DELETE_KEY => Request::DeleteKey(r.key()?),
-        op::APPEND => Request::Append(r.key()?, r.value()?),
-        op::MULTI_GET => Request::MultiGet(r.keys()?),
-        op::MULTI_SET => {
-            let n = r.count()?;
-            let mut kvs = Vec::with_capacity(n.min(1024));
-            for _ in 0..n {
-                kvs.push((r.key()?, r.value()?));
-            }
-            Request::MultiSet(kvs)
-        }
-        op::CANCEL_WAIT => Request::CancelWait,
-        op::PING => Request::Ping(r.u32()?),
-        op::QUEUE_PUSH => Request::QueuePush(r.key()?, r.value()?),
-        op::QUEUE_POP => Request::QueuePop(r.key()?),
-        op::QUEUE_LEN => Request::QueueLen(r.key()?),
-        op::LIST_KEYS => Request::ListKeys,
-        other => return Err(DecodeError::UnknownCommand(other).into()),
-    })
+    let mut input = buf;
+    let req = Decoder::default().feed(&mut input)?;
+    Ok(req.map(|r| (r, buf.len() - input.len())))
 }
 
 /// Appends a `u64` length and the bytes (the encoding of both strings and values).
@@ -407,5 +536,64 @@ mod tests {
         w.extend_from_slice(&(u64::MAX).to_le_bytes());
         assert!(matches!(decode(&w), Err(DecodeError::TooManyKeys(_))));
         assert_eq!(decode(&[99]), Err(DecodeError::UnknownCommand(99)));
+    }
+
+    #[test]
+    fn frames_fed_in_any_pieces_decode_the_same() {
+        let reqs = vec![
+            Request::Validate(MAGIC),
+            Request::MultiSet(vec![
+                (b"k1".to_vec(), vec![7; 200_000]),
+                (vec![], vec![]),
+                (b"k3".to_vec(), b"v".to_vec()),
+            ]),
+            Request::Add(b"n".to_vec(), -7),
+            Request::Wait(vec![]),
+            Request::MultiSet(vec![]),
+            Request::CompareSet {
+                key: b"k".to_vec(),
+                expected: vec![1; 70_000],
+                desired: vec![],
+            },
+            Request::Ping(9),
+            Request::ListKeys,
+            Request::Check(vec![b"x".to_vec(); 300]),
+        ];
+        let mut all = Vec::new();
+        for r in &reqs {
+            encode(r, &mut all);
+        }
+        for piece in [1, 2, 3, 7, 4096, 65_536, 1 << 20, all.len()] {
+            let mut d = Decoder::default();
+            let mut got = Vec::new();
+            for mut chunk in all.chunks(piece) {
+                while let Some(r) = d.feed(&mut chunk).unwrap() {
+                    got.push(r);
+                }
+                assert!(chunk.is_empty());
+            }
+            assert_eq!(got, reqs, "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced_mid_stream() {
+        let mut d = Decoder::default();
+        let mut m = vec![op::SET];
+        put_bytes(&mut m, b"k");
+        m.extend_from_slice(&((MAX_VALUE_LEN + 1) as u64).to_le_bytes());
+        let (a, b) = m.split_at(12);
+        assert_eq!(d.feed(&mut &a[..]), Ok(None));
+        assert!(matches!(
+            d.feed(&mut &b[..]),
+            Err(DecodeError::ValueTooLong(_))
+        ));
+        let mut d = Decoder::default();
+        let mut m = vec![op::MULTI_SET];
+        m.extend_from_slice(&(MAX_KEYS as u64 + 1).to_le_bytes());
+        assert!(matches!(
+            d.feed(&mut &m[..]),
+            Err(DecodeError::TooManyKeys(_))
+        ));
     }
 }

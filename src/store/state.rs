@@ -6,8 +6,13 @@
 //! `00` that ends it is later pushed into that connection's outgoing channel by
 //! whichever write satisfied it. Pushing under the lock keeps every connection's
 //! replies in request order (a STOP_WAITING always precedes a CANCEL_WAIT reply).
+//!
+//! A WAIT's registrations live exactly as long as the WAIT: satisfying it, canceling
+//! it, or its connection closing removes every one of them, so clients that wait
+//! and go away leave nothing behind.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -20,8 +25,12 @@ pub type ConnId = u64;
 pub type Outbox = UnboundedSender<Vec<u8>>;
 
 struct Waiter {
+    /// Registrations not yet satisfied; the WAIT ends when this reaches 0.
     remaining: usize,
     outbox: Outbox,
+    /// The keys this WAIT is registered under in `watchers` (the same allocations
+    /// as the map's keys).
+    watching: Vec<Arc<[u8]>>,
 }
 
 /// Everything a store server holds. Nothing expires.
@@ -29,8 +38,10 @@ struct Waiter {
 pub struct State {
     kv: HashMap<Vec<u8>, Vec<u8>>,
     queues: HashMap<Vec<u8>, VecDeque<Vec<u8>>>,
-    /// Connections waiting on each key, oldest first (stale ids are skipped lazily).
-    watchers: HashMap<Vec<u8>, VecDeque<ConnId>>,
+    /// Connections waiting on each key, oldest first (a connection is listed once
+    /// per time its WAIT names the key). Every entry belongs to a pending WAIT in
+    /// `waiters`.
+    watchers: HashMap<Arc<[u8]>, VecDeque<ConnId>>,
     /// The one outstanding WAIT of each connection.
     waiters: HashMap<ConnId, Waiter>,
 }
@@ -53,14 +64,14 @@ impl State {
         self.kv.contains_key(key) || self.queues.get(key).is_some_and(|q| !q.is_empty())
     }
 
-    /// Wakes waiters of `key`: all of them, or only the oldest live one.
+    /// Wakes waiters of `key`: all of them, or only the oldest.
     fn notify(&mut self, key: &[u8], only_one: bool) {
         let Some(list) = self.watchers.get_mut(key) else {
             return;
         };
         while let Some(conn) = list.pop_front() {
             let Some(w) = self.waiters.get_mut(&conn) else {
-                continue; // canceled or disconnected
+                continue; // not expected: entries leave with their WAIT
             };
             w.remaining -= 1;
             if w.remaining == 0 {
@@ -81,9 +92,20 @@ impl State {
         self.kv.insert(key, value);
     }
 
-    /// Drops whatever WAIT the connection had registered.
+    /// Drops whatever WAIT the connection had registered, with all its
+    /// registrations (CANCEL_WAIT, or the connection closed).
     pub fn forget(&mut self, conn: ConnId) {
-        self.waiters.remove(&conn);
+        let Some(w) = self.waiters.remove(&conn) else {
+            return;
+        };
+        for key in w.watching {
+            if let Some(list) = self.watchers.get_mut(&key) {
+                list.retain(|&c| c != conn);
+                if list.is_empty() {
+                    self.watchers.remove(&key);
+                }
+            }
+        }
     }
 
     /// Number of keys in the KV map (GETNUMKEYS).
@@ -94,6 +116,11 @@ impl State {
     /// Number of connections with a pending WAIT.
     pub fn pending_waits(&self) -> usize {
         self.waiters.len()
+    }
+
+    /// Number of (key, connection) registrations of pending WAITs.
+    pub fn watchers(&self) -> usize {
+        self.watchers.values().map(VecDeque::len).sum()
     }
 
     /// Applies one request from `conn`. An `Err` means the connection must be closed
@@ -155,16 +182,28 @@ impl State {
                 if missing.is_empty() {
                     Reply::Bytes(vec![codec::STOP_WAITING])
                 } else {
+                    // A connection has one WAIT at a time; a second replaces the first.
+                    self.forget(conn);
+                    let mut watching = Vec::with_capacity(missing.len());
+                    for k in missing {
+                        let key = match self.watchers.get_key_value(&k[..]) {
+                            Some((key, _)) => key.clone(),
+                            None => Arc::from(k),
+                        };
+                        self.watchers
+                            .entry(key.clone())
+                            .or_insert_with(|| VecDeque::with_capacity(1))
+                            .push_back(conn);
+                        watching.push(key);
+                    }
                     self.waiters.insert(
                         conn,
                         Waiter {
-                            remaining: missing.len(),
+                            remaining: watching.len(),
                             outbox: outbox.clone(),
+                            watching,
                         },
                     );
-                    for k in missing {
-                        self.watchers.entry(k).or_default().push_back(conn);
-                    }
                     Reply::Pending
                 }
             }
@@ -322,5 +361,66 @@ mod tests {
             Reply::Canceled
         );
         assert_eq!(s.pending_waits(), 0);
+    }
+
+    #[test]
+    fn waits_that_end_any_way_leave_no_registrations() {
+        let mut s = State::default();
+        let mut rxs = Vec::new();
+        for round in 0..4 {
+            for c in 0..20u64 {
+                let (tx, rx) = unbounded_channel();
+                rxs.push(rx);
+                let keys = (0..500).map(|k| b(&format!("{round}/{c}/{k}"))).collect();
+                let conn = round * 100 + c;
+                assert_eq!(
+                    s.apply(conn, Request::Wait(keys), &tx).unwrap(),
+                    Reply::Pending
+                );
+            }
+            assert_eq!(s.watchers(), 20 * 500);
+            // Half disconnect, a quarter cancel, a quarter are satisfied.
+            for c in 0..20u64 {
+                let conn = round * 100 + c;
+                match c % 4 {
+                    0 | 1 => s.forget(conn),
+                    2 => assert_eq!(
+                        s.apply(conn, Request::CancelWait, &tx_of(&mut rxs))
+                            .unwrap(),
+                        Reply::Canceled
+                    ),
+                    _ => {
+                        let kvs = (0..500)
+                            .map(|k| (b(&format!("{round}/{c}/{k}")), b("v")))
+                            .collect();
+                        s.apply(999, Request::MultiSet(kvs), &tx_of(&mut rxs))
+                            .unwrap();
+                    }
+                }
+            }
+            assert_eq!((s.watchers(), s.pending_waits()), (0, 0), "round {round}");
+            assert!(s.watchers.is_empty(), "no empty per-key lists are kept");
+        }
+    }
+
+    fn tx_of(rxs: &mut Vec<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>) -> Outbox {
+        let (tx, rx) = unbounded_channel();
+        rxs.push(rx);
+        tx
+    }
+
+    #[test]
+    fn a_wait_after_a_canceled_one_on_the_same_key_is_not_woken_early() {
+        let (tx, mut rx) = unbounded_channel();
+        let mut s = State::default();
+        s.apply(1, Request::Wait(vec![b("a")]), &tx).unwrap();
+        s.apply(1, Request::CancelWait, &tx).unwrap();
+        s.apply(1, Request::Wait(vec![b("a"), b("b")]), &tx)
+            .unwrap();
+        s.apply(2, Request::Set(b("a"), b("1")), &tx).unwrap();
+        assert!(rx.try_recv().is_err(), "b is still missing");
+        s.apply(2, Request::Set(b("b"), b("1")), &tx).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), vec![0]);
+        assert_eq!((s.watchers(), s.pending_waits()), (0, 0));
     }
 }

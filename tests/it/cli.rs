@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::util::rrun;
+use crate::util::{free_port, rrun};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(rrun());
@@ -18,16 +18,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A port free now, in 10000..32767, below Linux's ephemeral range: a port from bind(0)
-/// can be taken by any outgoing connection before the launcher under test binds it.
-fn free_port() -> u16 {
-    use std::hash::{BuildHasher, RandomState};
-    (0..2000)
-        .map(|_| 10_000 + (RandomState::new().hash_one(()) % 22_768) as u16)
-        .find(|&p| TcpListener::bind(("0.0.0.0", p)).is_ok())
-        .expect("a free port in 10000..32767")
 }
 
 #[test]

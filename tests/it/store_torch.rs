@@ -1,10 +1,11 @@
-//! Our blocking client against torch 2.11's own TCPStore server (libuv backend).
+//! Our blocking client against torch 2.11's own TCPStore server (libuv backend), and
+//! torch's client against our server.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rrun::store::{Client, StoreError};
+use rrun::store::{Client, StoreError, StoreServer};
 
 use crate::util::torch_python;
 
@@ -83,4 +84,70 @@ fn rust_client_against_torch_server() {
         "torch's client reads what ours wrote"
     );
     assert!(py.wait().unwrap().success());
+}
+
+const BIG_AND_ABANDONED: &str = r#"
+import sys, datetime
+from torch.distributed import TCPStore
+s = TCPStore("127.0.0.1", int(sys.argv[1]), is_master=False, timeout=datetime.timedelta(seconds=30))
+vals = [bytes([i]) * (8 << 20) for i in range(8)]
+s.multi_set([f"big{i}" for i in range(8)], vals)
+print("GOT", s.get("big5") == vals[5], flush=True)
+keys = [f"never/{i}" for i in range(5000)]
+try:
+    s.wait(keys, datetime.timedelta(milliseconds=200))
+    print("NO TIMEOUT", flush=True)
+except Exception as e:
+    print("TIMEOUT", type(e).__name__, flush=True)
+print("WAITING", flush=True)
+s.wait(keys, datetime.timedelta(seconds=60))
+"#;
+
+fn poll(what: &str, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore = "needs torch: scripts/test.sh runs it"]
+fn torch_client_against_our_server_big_frame_and_abandoned_waits() {
+    let server = StoreServer::start(0).unwrap();
+    let mut py = Command::new(torch_python())
+        .args(["-c", BIG_AND_ABANDONED, &server.port().to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    while lines.last().is_none_or(|l| l != "WAITING") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        lines.push(line.trim().to_string());
+    }
+    assert_eq!(lines, ["GOT True", "TIMEOUT DistStoreError", "WAITING"]);
+    let mut c = Client::connect(
+        "127.0.0.1",
+        server.port(),
+        Duration::from_secs(10),
+        &mut |_| {},
+    )
+    .unwrap();
+    for i in 0..8u8 {
+        assert!(c.get(&format!("big{i}")).unwrap() == vec![i; 8 << 20]);
+    }
+    // The timed-out WAIT was canceled; the second is pending, then its client dies.
+    poll("torch's second WAIT registered", || {
+        server.pending_waits() == 1
+    });
+    assert_eq!(server.watchers(), 5000, "the canceled WAIT left nothing");
+    py.kill().unwrap();
+    py.wait().unwrap();
+    poll("the dead client's WAIT forgotten", || {
+        (server.watchers(), server.pending_waits()) == (0, 0)
+    });
 }

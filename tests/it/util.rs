@@ -1,8 +1,8 @@
-//! Shared helpers: the built binaries, a raw socket speaking the wire format, and
-//! the test venv's python.
+//! Shared helpers: the built binaries, a raw socket speaking the wire format, a
+//! free port, and the test venv's python.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,4 +39,14 @@ pub fn ping(s: &mut TcpStream, n: u32) -> bool {
 pub fn closed(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 1];
     matches!(s.read(&mut b), Ok(0) | Err(_)) && !matches!(s.read(&mut b), Ok(1))
+}
+
+/// A port free now, in 10000..32767, below Linux's ephemeral range: a port from bind(0)
+/// can be taken by any outgoing connection before the launcher under test binds it.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    (0..2000)
+        .map(|_| 10_000 + (RandomState::new().hash_one(()) % 22_768) as u16)
+        .find(|&p| TcpListener::bind(("0.0.0.0", p)).is_ok())
+        .expect("a free port in 10000..32767")
 }
