@@ -756,19 +756,33 @@ __device__ void attention_prefill_tc_impl(const T *qkv, const T *kc, const T *vc
 #define RR_FOR_16BIT(M) M(bf16, __nv_bfloat16) M(f16, __half)
 RR_FOR_16BIT(ATTENTION_PREFILL_TC)
 
-// ---- SiLU(gate) * up from the fused [t, 2 * inter] gate|up product ----
-template <typename T> __device__ void silu_mul_impl(const T *gu, T *out, int inter, i64 n) {
+// ---- The MLP activation (config.json's hidden_act), torch's formulas in f32:
+//   ACT 0 SiLU, 1 GELU (erf), 2 GELU (tanh approximation, kBeta = sqrt(2/pi)).
+template <int ACT> __device__ __forceinline__ float act_fn(float g) {
+    if (ACT == 1) return g * 0.5f * (1.f + erff(g * 0.70710678118654752f));
+    if (ACT == 2) return 0.5f * g * (1.f + tanhf(0.79788456080286536f * (g + 0.044715f * g * g * g)));
+    return g / (1.f + expf(-g));
+}
+
+// ---- act(gate) * up from the fused [t, 2 * inter] gate|up product ----
+template <typename T, int ACT> __device__ void act_mul_impl(const T *gu, T *out, int inter, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         i64 t = i / inter, c = i % inter;
         float g = tof(gu[t * 2 * inter + c]), u = tof(gu[t * 2 * inter + inter + c]);
-        out[i] = fromf<T>(rnd<T>(g / (1.f + expf(-g))) * u);
+        out[i] = fromf<T>(rnd<T>(act_fn<ACT>(g)) * u);
     }
 }
-#define SILU_MUL(S, T)                                                                      \
+#define ACT_MUL(S, T)                                                                       \
     extern "C" __global__ void silu_mul_##S(const T *gu, T *out, int inter, i64 n) {        \
-        silu_mul_impl<T>(gu, out, inter, n);                                                \
+        act_mul_impl<T, 0>(gu, out, inter, n);                                              \
+    }                                                                                       \
+    extern "C" __global__ void gelu_mul_##S(const T *gu, T *out, int inter, i64 n) {        \
+        act_mul_impl<T, 1>(gu, out, inter, n);                                              \
+    }                                                                                       \
+    extern "C" __global__ void gelu_tanh_mul_##S(const T *gu, T *out, int inter, i64 n) {   \
+        act_mul_impl<T, 2>(gu, out, inter, n);                                              \
     }
-RR_FOR_TYPES(SILU_MUL)
+RR_FOR_TYPES(ACT_MUL)
 
 // ---- x[r, c] += b[c] ----
 template <typename T> __device__ void add_bias_impl(T *x, const T *b, int cols, i64 n) {
@@ -887,8 +901,8 @@ RR_FOR_TYPES(GEMV)
 //   PRO 1: input = rms_norm(x [+ y]) · nw, rounded as rms_norm rounds; with y, block 0
 //          also writes x + y to xo (the residual stream moves to xo, so no block reads
 //          what another writes);
-//   PRO 2: input = silu(gate) · up from the fused row x = [gate (k) | up (k)], rounded
-//          as silu_mul rounds.
+//   PRO 2, 3, 4: input = act(gate) · up from the fused row x = [gate (k) | up (k)] with
+//          act_fn<PRO - 2> (SiLU, GELU, tanh GELU), rounded as act_mul rounds.
 // The input is built in shared memory (k elements of T) while each warp's first four
 // weight loads are already in flight; then the loop is gemv_impl's for one row.
 template <typename T, int PRO>
@@ -935,7 +949,7 @@ __device__ void gemv_pro_impl(const T *x, const T *y, T *xo, const T *nw, const 
             load8(x + c, g);
             load8(x + k + c, u);
 #pragma unroll
-            for (int i = 0; i < 8; i++) g[i] = rnd<T>(g[i] / (1.f + expf(-g[i]))) * u[i];
+            for (int i = 0; i < 8; i++) g[i] = rnd<T>(act_fn<PRO == 1 ? 0 : PRO - 2>(g[i])) * u[i];
             store8(xs + c, g);
         }
     }
@@ -954,5 +968,13 @@ __device__ void gemv_pro_impl(const T *x, const T *y, T *xo, const T *nw, const 
     extern "C" __global__ void gemv_silu_##S(const T *x, const T *y, T *xo, const T *nw, const T *w, T *out, \
                                              int n, int k, float eps) {                                 \
         gemv_pro_impl<T, 2>(x, y, xo, nw, w, out, n, k, eps);                                           \
+    }                                                                                                   \
+    extern "C" __global__ void gemv_gelu_##S(const T *x, const T *y, T *xo, const T *nw, const T *w, T *out, \
+                                             int n, int k, float eps) {                                 \
+        gemv_pro_impl<T, 3>(x, y, xo, nw, w, out, n, k, eps);                                           \
+    }                                                                                                   \
+    extern "C" __global__ void gemv_gelu_tanh_##S(const T *x, const T *y, T *xo, const T *nw, const T *w,    \
+                                                  T *out, int n, int k, float eps) {                    \
+        gemv_pro_impl<T, 4>(x, y, xo, nw, w, out, n, k, eps);                                           \
     }
 RR_FOR_16BIT(GEMV_PRO)

@@ -4,8 +4,12 @@ script, run on a GPU machine; see scripts/gpu-check.sh). Prints one PASS/FAIL li
 and a summary; exit 0 only when every check passed.
 
 Checks:
-  tiny      the committed tiny models (llama bf16 / mistral f16 / qwen2 f32) in float32 on GPU at
-            TP 1, 2 and PP 2: logits within 1e-3 of transformers (f32, CPU) and identical greedy tokens
+  tiny      the committed tiny models (llama bf16 / mistral f16 / qwen2 f32, llama-gelu, qwen2-window and
+            their config.json variants: GELUs, linear RoPE, per-layer and all-layer sliding windows) in
+            float32 on GPU at TP 1, 2 and PP 2: logits within 1e-3 of transformers (f32, CPU) and
+            identical greedy tokens
+  configs   the GELU and sliding-window tiny models and variants in bf16 against transformers on the same
+            GPU: prefill and the first decode step (the fused GEMV's activation prologue), as `shapes`
   sampler   GPU sampling: a seed reproduces its tokens, top-k 1 equals greedy
   8b        a random Llama-3-8B-shaped bf16 checkpoint made here: teacher-forced top-1 agreement with
             transformers bf16 (same GPU) over 1,024 positions at TP 1, TP 2 and PP 2 (with transformers'
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,13 +80,34 @@ def generate(bins, model, n, extra, dump, env=None, port=29500, timeout=240):
     return p, dt
 
 
+# Committed tiny models, and variants: the same weights under reference-NAME.json's config_edits.
+TINY = [("llama", None), ("mistral", None), ("qwen2", None), ("llama-gelu", None), ("llama-gelu", "gelu"),
+        ("llama-gelu", "rope-linear"), ("qwen2-window", None), ("qwen2-window", "layer-types"),
+        ("mistral", "window")]
+
+
+def tiny_model(tmp, arch, variant):
+    """(model directory, transformers' reference) of a tiny model or one of its variants."""
+    if variant is None:
+        return DATA / arch, json.loads((DATA / arch / "reference.json").read_text())
+    r = json.loads((DATA / arch / f"reference-{variant}.json").read_text())
+    d = tmp / f"tiny-{arch}-{variant}"
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(DATA / arch, d)
+    c = json.loads((d / "config.json").read_text())
+    c.update(r["config_edits"])
+    (d / "config.json").write_text(json.dumps(c))
+    return d, r
+
+
 def tiny(bins, tmp, n_gpus):
     placements = [(1, 1)] + ([(2, 1), (1, 2)] if n_gpus >= 2 else [])
-    for arch in ("llama", "mistral", "qwen2"):
-        r = json.loads((DATA / arch / "reference.json").read_text())
+    for base, variant in TINY:
+        model, r = tiny_model(tmp, base, variant)
+        arch = base + (f"/{variant}" if variant else "")
         for tp, pp in placements:
-            dump = tmp / f"tiny-{arch}-{tp}-{pp}.json"
-            p, _ = generate(bins, DATA / arch, tp * pp, ["-tp", tp, "-pp", pp, "--dtype", "float32", "--prompt-ids",
+            dump = tmp / f"tiny-{arch.replace('/', '-')}-{tp}-{pp}.json"
+            p, _ = generate(bins, model, tp * pp, ["-tp", tp, "-pp", pp, "--dtype", "float32", "--prompt-ids",
                             ",".join(map(str, r["prompt_ids"])), "--max-tokens", 32, "--ignore-eos"], dump,
                             timeout=60)
             if p.returncode != 0:
@@ -181,6 +207,35 @@ def shapes(bins, tmp, n_gpus):
             check(name, pre <= 1.5 * pre_hf + 1e-3 and dec <= 1.5 * dec_hf + 1e-3,
                   f"mean |logit - float32|: prefill {pre:.4f} (transformers bf16 {pre_hf:.4f}), "
                   f"first decode step {dec:.4f} ({dec_hf:.4f})")
+
+
+def configs(bins, tmp):
+    """The GELU and sliding-window tiny models in bf16 against transformers on this GPU: prefill of
+    the 16-token prompt and the first decode step (one token: the fused GEMV with the activation in
+    its prologue). Pass as `shapes` does: rrank's mean |logit - float32| at most 1.5x (+1e-3)
+    transformers bf16's."""
+    mean = lambda a, b: sum(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)) / sum(map(len, a))
+    for base, variant in TINY[3:]:
+        model, r = tiny_model(tmp, base, variant)
+        ids, n = r["prompt_ids"], len(r["prompt_ids"])
+        name = f"configs {base}{'/' + variant if variant else ''} bf16"
+        dump = tmp / f"configs-{base}-{variant}.json"
+        p, _ = generate(bins, model, 1, ["--dtype", "bfloat16", "--prompt-ids", ",".join(map(str, ids)),
+                                         "--max-tokens", 2, "--ignore-eos"], dump, timeout=60)
+        if p.returncode != 0:
+            check(name, False, f"exit {p.returncode}")
+            continue
+        got = json.loads(dump.read_text())
+        q, _ = run([sys.executable, "-c", SHAPE_REF, model, json.dumps(ids + got["tokens"][:1])], timeout=180)
+        if q.returncode != 0:
+            check(name, False, "transformers reference: " + q.stderr[-800:])
+            continue
+        ref = json.loads(q.stdout.strip().splitlines()[-1])
+        pre, pre_hf = mean(got["prompt_logits"], ref["f32"][:n]), mean(ref["bf16"][:n], ref["f32"][:n])
+        dec, dec_hf = mean([got["decode_logits"]], ref["f32"][n:]), mean(ref["bf16"][n:], ref["f32"][n:])
+        check(name, pre <= 1.5 * pre_hf + 1e-3 and dec <= 1.5 * dec_hf + 1e-3,
+              f"mean |logit - float32|: prefill {pre:.4f} (transformers bf16 {pre_hf:.4f}), "
+              f"first decode step {dec:.4f} ({dec_hf:.4f})")
 
 
 def agreement(a, b):
@@ -425,7 +480,7 @@ def main():
     ap.add_argument("--tmp", default="/tmp/rrun-gpu-check")
     ap.add_argument("--model8b", default="/tmp/rrun-llama3-8b-random")
     ap.add_argument("--real", default="/tmp/smol/SmolLM2-135M-Instruct")
-    ap.add_argument("--only", default="tiny,sampler,shapes,8b,real,decode,refusals,twonode")
+    ap.add_argument("--only", default="tiny,configs,sampler,shapes,8b,real,decode,refusals,twonode")
     ap.add_argument("--json", default=None)
     ap.add_argument("--prepare", action="store_true",
                     help="only make the random 8B checkpoint and transformers' references (no binaries needed)")
@@ -441,6 +496,8 @@ def main():
     only = a.only.split(",")
     if "tiny" in only:
         tiny(bins, tmp, len(names))
+    if "configs" in only:
+        configs(bins, tmp)
     if "sampler" in only:
         sampler(bins, tmp)
     if "shapes" in only:

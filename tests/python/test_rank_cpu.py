@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, base_env, launch
+from conftest import ROOT, base_env, free_port, launch
 
 DATA = ROOT / "tests" / "data"
 RRANK = str(Path(launch.__globals__["RRUN"]).parent / "rrank")
@@ -24,12 +24,10 @@ def generate(args, n=1, env=None, **kw):
     return launch("rrun", cmd, env=env, **kw)
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
-@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2), (4, 2)])
-def test_matches_transformers(tmp_path, arch, tp, pp):
-    r = ref(arch)
+def check_against(model, r, tp, pp, tmp_path):
+    """rrank's prompt logits within 1e-4 of the reference `r` and its 32 greedy tokens identical."""
     dump = tmp_path / "dump.json"
-    p = generate(["--model", DATA / arch, "-tp", tp, "-pp", pp, "--prompt-ids", ",".join(map(str, r["prompt_ids"])),
+    p = generate(["--model", model, "-tp", tp, "-pp", pp, "--prompt-ids", ",".join(map(str, r["prompt_ids"])),
                   "--max-tokens", 32, "--ignore-eos", "--dump", dump], n=tp * pp)
     assert p.returncode == 0, p.stderr
     got = json.loads(dump.read_text())
@@ -37,6 +35,78 @@ def test_matches_transformers(tmp_path, arch, tp, pp):
     diff = max(abs(a - b) for ra, rb in zip(r["logits"], got["prompt_logits"]) for a, b in zip(ra, rb))
     assert diff <= 1e-4, f"max |logit diff| {diff}"
     assert got["tokens"] == r["greedy"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2), (4, 2)])
+def test_matches_transformers(tmp_path, arch, tp, pp):
+    check_against(DATA / arch, ref(arch), tp, pp, tmp_path)
+
+
+# llama-gelu: tanh GELU, attention and MLP biases, head_dim != hidden / heads, rms_norm_eps 1e-3.
+# qwen2-window: sliding window 4 on layers >= max_window_layers (1), layer_types derived.
+@pytest.mark.parametrize("arch,tp,pp", [("llama-gelu", 1, 1), ("llama-gelu", 2, 1), ("llama-gelu", 1, 2),
+                                        ("qwen2-window", 1, 1), ("qwen2-window", 2, 1), ("qwen2-window", 1, 2),
+                                        ("qwen2-window", 2, 2)])
+def test_math_changing_fields_match_transformers(tmp_path, arch, tp, pp):
+    check_against(DATA / arch, ref(arch), tp, pp, tmp_path)
+
+
+# The same weights under config.json edits (erf GELU, linear RoPE, explicit layer_types, Mistral's
+# all-layer window): reference-NAME.json holds the edits and transformers' outputs under them.
+@pytest.mark.parametrize("arch,variant,tp,pp", [("llama-gelu", "gelu", 1, 1), ("llama-gelu", "rope-linear", 1, 1),
+                                                ("llama-gelu", "rope-linear", 2, 1),
+                                                ("qwen2-window", "layer-types", 1, 1),
+                                                ("qwen2-window", "layer-types", 1, 2),
+                                                ("mistral", "window", 1, 1), ("mistral", "window", 2, 2)])
+def test_config_variants_match_transformers(tmp_path, arch, variant, tp, pp):
+    r = json.loads((DATA / arch / f"reference-{variant}.json").read_text())
+    m = tmp_path / "m"
+    shutil.copytree(DATA / arch, m)
+    edit_config(m, **r["config_edits"])
+    check_against(m, r, tp, pp, tmp_path)
+
+
+# Fields transformers 5.17 reads but that do not change these models' math (or that the
+# architecture ignores): the logits stay those of the unedited model.
+@pytest.mark.parametrize("arch,edits", [
+    ("llama", {"pretraining_tp": 2}),
+    ("llama", {"attention_dropout": 0.5}),
+    ("llama", {"sliding_window": 4, "use_sliding_window": True}),
+    ("llama", {"hidden_act": "swish"}),
+    ("llama-gelu", {"hidden_act": "gelu_new"}),
+    ("llama-gelu", {"hidden_act": "gelu_fast"}),
+    ("mistral", {"attention_bias": True, "mlp_bias": True}),
+    ("mistral", {"layer_types": ["sliding_attention"] * 4}),
+    ("qwen2", {"sliding_window": 4, "max_window_layers": 0}),
+    ("qwen2", {"attention_bias": False, "mlp_bias": True}),
+    ("qwen2-window", {"max_window_layers": 0, "layer_types": ["full_attention"] + ["sliding_attention"] * 3}),
+])
+def test_fields_without_effect_leave_the_logits(tmp_path, arch, edits):
+    m = tmp_path / "m"
+    shutil.copytree(DATA / arch, m)
+    edit_config(m, **edits)
+    check_against(m, ref(arch), 1, 1, tmp_path)
+
+
+def test_bias_tensors_the_config_does_not_declare_are_ignored(tmp_path):
+    """transformers builds its layers from config.json and drops checkpoint tensors it has no
+    parameter for; so must rrank."""
+    from safetensors.torch import load_file, save_file
+    import torch
+    m = tmp_path / "m"
+    shutil.copytree(DATA / "llama", m)
+    f = m / "model.safetensors"
+    t = load_file(f)
+    g = torch.Generator().manual_seed(0)
+    for l in range(4):
+        p = f"model.layers.{l}"
+        for name, n in (("self_attn.q_proj", 64), ("self_attn.k_proj", 32), ("self_attn.v_proj", 32),
+                        ("self_attn.o_proj", 64), ("mlp.gate_proj", 128), ("mlp.up_proj", 128),
+                        ("mlp.down_proj", 64)):
+            t[f"{p}.{name}.bias"] = torch.randn(n, generator=g).to(torch.bfloat16)
+    save_file(t, f, metadata={"format": "pt"})
+    check_against(m, ref("llama"), 1, 1, tmp_path)
 
 
 def test_text_prompt_with_chat_template_same_on_1_and_2_ranks():
@@ -77,27 +147,35 @@ def edit_config(d, **kv):
     (d / "config.json").write_text(json.dumps(c))
 
 
-def refuse(model, args, n, want):
+def refuse(model, args, n, want, store_port=None):
     """Starts the n ranks as separate processes with the launcher's env contract (so no
     rank is cut short by another's failure) and checks each one refuses with exit 2
-    and the same single line."""
+    and the same single line. Without `store_port` no store is reachable (the refusal
+    must come first); with it, rank 0 hosts the store there."""
     procs = []
     for r in range(n):
-        env = base_env(RANK=r, WORLD_SIZE=n, LOCAL_RANK=r, LOCAL_WORLD_SIZE=n, MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=1, TORCHELASTIC_USE_AGENT_STORE="True")
+        store = dict(MASTER_PORT=store_port) if store_port else dict(MASTER_PORT=1, TORCHELASTIC_USE_AGENT_STORE="True")
+        env = base_env(RANK=r, WORLD_SIZE=n, LOCAL_RANK=r, LOCAL_WORLD_SIZE=n, MASTER_ADDR="127.0.0.1", **store)
         procs.append(subprocess.Popen([RRANK, "generate", "--model", str(model), "--prompt-ids", "1,2,3", *map(str, args)],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     texts = set()
-    for r, p in enumerate(procs):
-        _, err = p.communicate(timeout=30)
-        assert p.returncode == 2, (r, err)
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"rrank: error (rank {r}): "), err
-        texts.add(lines[0].split("): ", 1)[1])
+    try:
+        for r, p in enumerate(procs):
+            _, err = p.communicate(timeout=30)
+            assert p.returncode == 2, (r, err)
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"rrank: error (rank {r}): "), err
+            texts.add(lines[0].split("): ", 1)[1])
+    finally:
+        for p in procs:  # a rank that did not refuse would wait minutes for its store
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     assert len(texts) == 1, f"same text on every rank: {texts}"
     text = texts.pop()
     assert want in text, text
-    assert "truncated" not in text
+    if "truncated" not in want:
+        assert "truncated" not in text
     return text
 
 
@@ -174,3 +252,60 @@ def test_refuses_missing_files(tmp_path):
     shutil.copytree(DATA / "llama", m)
     (m / "model.safetensors").unlink()
     refuse(m, [], 1, "no *.safetensors weights in")
+
+
+@pytest.mark.parametrize("edits,want", [
+    ({"hidden_act": "relu"}, 'hidden_act "relu" is not supported (supported: silu, swish, gelu, gelu_python, '
+                             'gelu_new, gelu_pytorch_tanh, gelu_python_tanh, gelu_fast, gelu_accurate)'),
+    ({"hidden_act": "quick_gelu"}, 'hidden_act "quick_gelu" is not supported'),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                          "original_max_position_embeddings": 64}},
+     'rope_parameters.rope_type "yarn" is not supported (supported: default, linear, llama3)'),
+    ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}},
+     'rope_parameters.rope_type "dynamic" is not supported'),
+    ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
+                          "long_factor": [1.0] * 4, "original_max_position_embeddings": 64}},
+     'rope_parameters.rope_type "longrope" is not supported'),
+    ({"rope_parameters": None, "rope_scaling": {"type": "yarn", "factor": 4.0}},
+     'rope_scaling.type "yarn" is not supported'),
+    ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 32, "rope_theta": 10000.0,
+                          "partial_rotary_factor": 0.5}},
+     "rope_parameters.partial_rotary_factor 0.5 is not supported with rope_type \"llama3\" (RoPE on the whole head only)"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+     "rope_parameters per layer type (key \"full_attention\") is not supported"),
+])
+def test_refuses_math_it_does_not_implement(tmp_path, edits, want):
+    m = truncated_copy(DATA / "llama", tmp_path / "m")
+    edit_config(m, **edits)
+    t = refuse(m, ["-tp", 2], 2, want)
+    assert t.startswith("config.json: "), t
+
+
+@pytest.mark.parametrize("edits,want", [
+    ({"layer_types": ["full_attention", "chunked_attention", "full_attention", "full_attention"]},
+     'layer_types[1] "chunked_attention" is not supported (supported: full_attention, sliding_attention)'),
+    ({"layer_types": ["full_attention", "sliding_attention"]},
+     "layer_types has 2 entries but num_hidden_layers is 4"),
+    ({"use_sliding_window": False, "layer_types": ["full_attention", "sliding_attention"] * 2},
+     'layer_types[1] is "sliding_attention" but there is no sliding window'),
+])
+def test_refuses_layer_types_it_cannot_follow(tmp_path, edits, want):
+    m = truncated_copy(DATA / "qwen2-window", tmp_path / "m")
+    edit_config(m, **edits)
+    refuse(m, ["-pp", 2], 2, want)
+
+
+def test_truncated_weights_name_the_same_tensor_on_every_rank_and_run(tmp_path):
+    """Every weight file of the sharded qwen2 keeps its header and 16 data bytes; the refusal
+    names the first tensor cut off, in file order then offset order, every time."""
+    m = truncated_copy(DATA / "qwen2", tmp_path / "m")
+    first = sorted(m.glob("*.safetensors"))[0]
+    b = first.read_bytes()
+    header = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])
+    header.pop("__metadata__", None)
+    name = min(header, key=lambda k: header[k]["data_offsets"][0])
+    want = f"{first} is truncated: tensor {name} ends at byte"
+    texts = {refuse(m, [], 1, want) for _ in range(3)}
+    texts |= {refuse(m, ["-tp", 2], 2, want, store_port=free_port()) for _ in range(2)}
+    assert len(texts) == 1, texts

@@ -1,6 +1,7 @@
 //! The CPU reference backend: f32 kernels that match transformers' float32 math
-//! (RMSNorm, rotate-half RoPE incl. Llama 3 scaling, SiLU·mul, softmax attention over
-//! the paged KV cache) and a streaming matrix kernel, multi-threaded with rayon.
+//! (RMSNorm, rotate-half RoPE incl. linear and Llama 3 scaling, act(gate)·up for SiLU
+//! and the GELUs, softmax attention over the paged KV cache) and a streaming matrix
+//! kernel, multi-threaded with rayon.
 //!
 //! Activations are row-major `[tokens, features]` slices. Weights are row-major
 //! `[out, in]` [`Mat`]s, as in the checkpoint: bf16 checkpoints stay bf16 in memory
@@ -9,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::rank::model::config::{ModelConfig, RopeScaling};
+use crate::rank::model::config::{Activation, ModelConfig, RopeScaling};
 
 /// A weight matrix `[rows, cols]`, row-major.
 pub enum Mat {
@@ -253,7 +254,34 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// RoPE inverse frequencies (with Llama 3 scaling when configured), as transformers computes them.
+/// `√(2/π)`, torch's kBeta of the tanh GELU.
+const GELU_BETA: f32 = 0.797_884_6;
+
+/// torch's erf GELU, `x/2 · (1 + erf(x/√2))`.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    x * 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// torch's tanh GELU, `x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (GELU_BETA * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// `act(gate) · up`, elementwise, into `gate`.
+pub fn act_mul(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Silu => silu_mul(gate, up),
+        Activation::Gelu => gate.iter_mut().zip(up).for_each(|(g, u)| *g = gelu(*g) * u),
+        Activation::GeluTanh => gate
+            .iter_mut()
+            .zip(up)
+            .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
+    }
+}
+
+/// RoPE inverse frequencies (with linear or Llama 3 scaling when configured), as transformers computes them.
 pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     let d = cfg.head_dim;
     let base: Vec<f32> = (0..d / 2)
@@ -261,6 +289,7 @@ pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
         .collect();
     match cfg.rope_scaling {
         RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -385,6 +414,40 @@ mod tests {
                 1,
             );
             assert_eq!(&all[t * 5..(t + 1) * 5], &one[..], "row {t}");
+        }
+    }
+
+    #[test]
+    fn activations_match_their_formulas() {
+        // torch.nn.functional.gelu(x) and gelu(x, approximate="tanh") in float64.
+        let want = [
+            (-3.0, -0.004_049_694, -0.003_637_392),
+            (-1.0, -0.158_655_25, -0.158_808_01),
+            (0.5, 0.345_731_23, 0.345_714),
+            (2.0, 1.954_499_7, 1.954_597_7),
+        ];
+        for (x, erf, tanh) in want {
+            assert!((gelu(x) - erf).abs() < 1e-6, "gelu({x}) = {}", gelu(x));
+            assert!(
+                (gelu_tanh(x) - tanh).abs() < 1e-6,
+                "gelu_tanh({x}) = {}",
+                gelu_tanh(x)
+            );
+        }
+        let up = [2.0f32; 3];
+        for (act, f) in [
+            (
+                Activation::Silu,
+                (|x: f32| x / (1.0 + (-x).exp())) as fn(f32) -> f32,
+            ),
+            (Activation::Gelu, gelu),
+            (Activation::GeluTanh, gelu_tanh),
+        ] {
+            let mut g = [-1.0f32, 0.25, 3.0];
+            act_mul(act, &mut g, &up);
+            for (out, x) in g.iter().zip([-1.0f32, 0.25, 3.0]) {
+                assert_eq!(*out, f(x) * 2.0, "{act:?}({x})");
+            }
         }
     }
 

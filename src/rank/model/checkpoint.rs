@@ -253,15 +253,20 @@ impl Checkpoint {
                 .map_err(|e| invalid(format!("cannot map {}: {e}", p.display())))?;
             maps.push(m);
         }
-        for (name, t) in &self.tensors {
-            if t.end > maps[t.file].len() {
-                return Err(invalid(format!(
-                    "{} is truncated: tensor {name} ends at byte {} but the file has {} bytes",
-                    self.files[t.file].display(),
-                    t.end,
-                    maps[t.file].len()
-                )));
-            }
+        // The first tensor cut off in file order, then offset order (then name), so
+        // every rank and every run names the same one.
+        let cut = self
+            .tensors
+            .iter()
+            .filter(|(_, t)| t.end > maps[t.file].len())
+            .min_by_key(|(name, t)| (t.file, t.start, t.end, name.as_str()));
+        if let Some((name, t)) = cut {
+            return Err(invalid(format!(
+                "{} is truncated: tensor {name} ends at byte {} but the file has {} bytes",
+                self.files[t.file].display(),
+                t.end,
+                maps[t.file].len()
+            )));
         }
         Ok(Weights { ckpt: self, maps })
     }
@@ -409,6 +414,38 @@ impl Weights<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_truncated_checkpoint_names_its_first_cut_tensor() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen2");
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = None;
+        for e in std::fs::read_dir(&src).unwrap() {
+            let p = e.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            if p.extension().is_some_and(|x| x == "safetensors") {
+                let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+                b.truncate(8 + n + 16);
+            }
+            std::fs::write(dir.path().join(p.file_name().unwrap()), b).unwrap();
+        }
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+        for (name, t) in &ckpt.tensors {
+            if t.file == 0 && first.as_ref().is_none_or(|(_, s)| t.start < *s) {
+                first = Some((name.clone(), t.start));
+            }
+        }
+        let want = format!(
+            "{} is truncated: tensor {} ends at byte",
+            ckpt.files[0].display(),
+            first.unwrap().0
+        );
+        // HashMap iteration order differs between instances; the line must not.
+        for _ in 0..8 {
+            let e = Checkpoint::open(dir.path()).unwrap().map().err().unwrap();
+            assert!(e.to_string().starts_with(&want), "{e}");
+        }
+    }
 
     #[test]
     fn column_slices_as_stored_match_a_plain_gather() {

@@ -1,7 +1,8 @@
 //! The Llama family (Llama 2/3, Mistral, Qwen2) sharded Megatron-style for one rank:
 //! q/k/v and gate/up column-parallel, o and down row-parallel with an all-reduce
 //! each, vocab-parallel embedding and LM head, KV heads split or replicated, and a
-//! contiguous range of layers per pipeline stage.
+//! contiguous range of layers per pipeline stage. Each layer takes its own sliding
+//! window (by global layer index) and the configured MLP activation.
 //!
 //! [`RankModel::forward`] runs one step over any number of sequence chunks (prefill
 //! chunks and decode tokens alike), writing K/V into the paged cache.
@@ -125,7 +126,11 @@ impl RankModel {
         let shard = Shard::new(&cfg, place);
         let ((q0, q1), (k0, k1), (i0, i1)) = (shard.q, shard.kv, shard.mlp);
         let layers = shard.layers;
-        let opt = |name: String, a: usize, b: usize| w.has(&name).then(|| w.rows(&name, a, b));
+        // Biases as config.json declares them (validated present); others in the
+        // checkpoint are ignored, as transformers ignores them.
+        let opt = |on: bool, name: String, a: usize, b: usize| on.then(|| w.rows(&name, a, b));
+        let (qkv_b, o_b, mlp_b) = (cfg.qkv_bias, cfg.o_bias, cfg.mlp_bias);
+        let h = cfg.hidden_size;
         let weights: Vec<Layer> = (layers.0..layers.1)
             .map(|l| {
                 let p = format!("model.layers.{l}");
@@ -136,21 +141,17 @@ impl RankModel {
                     wq: w.rows_mat(&n("self_attn.q_proj.weight"), q0, q1),
                     wk: w.rows_mat(&n("self_attn.k_proj.weight"), k0, k1),
                     wv: w.rows_mat(&n("self_attn.v_proj.weight"), k0, k1),
-                    bq: opt(n("self_attn.q_proj.bias"), q0, q1),
-                    bk: opt(n("self_attn.k_proj.bias"), k0, k1),
-                    bv: opt(n("self_attn.v_proj.bias"), k0, k1),
+                    bq: opt(qkv_b, n("self_attn.q_proj.bias"), q0, q1),
+                    bk: opt(qkv_b, n("self_attn.k_proj.bias"), k0, k1),
+                    bv: opt(qkv_b, n("self_attn.v_proj.bias"), k0, k1),
                     wo: w.cols_mat(&n("self_attn.o_proj.weight"), q0, q1),
-                    bo: w
-                        .has(&n("self_attn.o_proj.bias"))
-                        .then(|| w.all(&n("self_attn.o_proj.bias"))),
+                    bo: opt(o_b, n("self_attn.o_proj.bias"), 0, h),
                     w_gate: w.rows_mat(&n("mlp.gate_proj.weight"), i0, i1),
                     w_up: w.rows_mat(&n("mlp.up_proj.weight"), i0, i1),
-                    b_gate: opt(n("mlp.gate_proj.bias"), i0, i1),
-                    b_up: opt(n("mlp.up_proj.bias"), i0, i1),
+                    b_gate: opt(mlp_b, n("mlp.gate_proj.bias"), i0, i1),
+                    b_up: opt(mlp_b, n("mlp.up_proj.bias"), i0, i1),
                     w_down: w.cols_mat(&n("mlp.down_proj.weight"), i0, i1),
-                    b_down: w
-                        .has(&n("mlp.down_proj.bias"))
-                        .then(|| w.all(&n("mlp.down_proj.bias"))),
+                    b_down: opt(mlp_b, n("mlp.down_proj.bias"), 0, h),
                 }
             })
             .collect();
@@ -290,6 +291,7 @@ impl RankModel {
         let group = cfg.num_heads / cfg.num_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.weights.iter().enumerate() {
+            let window = cfg.window(self.shard.layers.0 + li);
             let mut a = x.clone();
             cpu::rms_norm(&mut a, &l.in_norm, eps);
             let mut q = cpu::linear(&a, t, &l.wq, nq, l.bq.as_deref(), self.threads);
@@ -311,9 +313,7 @@ impl RankModel {
             attn.par_chunks_mut(nq).enumerate().for_each(|(i, out)| {
                 let table = chunks[owner[i]].table;
                 let pos = positions[i];
-                let first = cfg
-                    .sliding_window
-                    .map_or(0, |w| (pos + 1).saturating_sub(w));
+                let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 let mut scores = vec![0f32; pos + 1 - first];
                 for hh in 0..self.shard.heads {
                     let kvh = (self.shard.q_start + hh) / group - self.shard.kv_start;
@@ -352,7 +352,7 @@ impl RankModel {
                 l.b_up.as_deref(),
                 self.threads,
             );
-            cpu::silu_mul(&mut g, &u);
+            cpu::act_mul(cfg.hidden_act, &mut g, &u);
             self.row_parallel(
                 comm,
                 &tp_group,

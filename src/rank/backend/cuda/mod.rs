@@ -27,6 +27,8 @@ use std::sync::Arc;
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{CudaContext, CudaStream, result as drv, sys as drv_sys};
 
+use crate::rank::model::config::Activation;
+
 /// What went wrong on the GPU side.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -186,8 +188,8 @@ enum GemvMode {
 pub enum Fused {
     /// RMSNorm of the residual stream (after adding the last delta).
     Norm,
-    /// SiLU(gate) · up of the fused gate|up row.
-    Silu,
+    /// act(gate) · up of the fused gate|up row.
+    Mlp(Activation),
 }
 
 /// Shared memory a fused GEMV may take for its input row without opting in to more.
@@ -483,7 +485,7 @@ impl Gpu {
 
     /// `out[n] = input · w[n, k]ᵀ` for one token row whose input the kernel makes
     /// itself (kernels/llama.cu's gemv_pro_impl): [`Fused::Norm`] `rms_norm(x [+ y]) · nw`
-    /// (with `y`, `x + y` is also written to `xo`), or [`Fused::Silu`] `silu(gate) · up`
+    /// (with `y`, `x + y` is also written to `xo`), or [`Fused::Mlp`] `act(gate) · up`
     /// of the gate|up row `x`. Pointers 16-byte aligned; see [`Gpu::gemv_fusable`].
     #[allow(clippy::too_many_arguments)]
     pub fn gemv_fused(
@@ -499,7 +501,9 @@ impl Gpu {
     ) -> Result<()> {
         let stem = match kind {
             Fused::Norm => "gemv_norm",
-            Fused::Silu => "gemv_silu",
+            Fused::Mlp(Activation::Silu) => "gemv_silu",
+            Fused::Mlp(Activation::Gelu) => "gemv_gelu",
+            Fused::Mlp(Activation::GeluTanh) => "gemv_gelu_tanh",
         };
         let name = format!("{stem}_{}", dt.suffix());
         let args = Args::new()
@@ -711,14 +715,23 @@ mod tests {
         assert!(llama.contains(&"attention_merge_f32".to_string()));
         assert!(llama.contains(&"attention_prefill_tc128_bf16".to_string()));
         assert!(!llama.contains(&"attention_prefill_tc128_f32".to_string()));
-        // convert (9), 10 kernels × 3 types, gemv and attention_decode × 4 sizes × 3,
-        // attention_prefill_tc × 2 head sizes × 2 16-bit types, gemv_norm/gemv_silu × 2.
+        // convert (9), 12 kernels × 3 types, gemv and attention_decode × 4 sizes × 3,
+        // attention_prefill_tc × 2 head sizes × 2 16-bit types, gemv_norm/gemv_silu/
+        // gemv_gelu/gemv_gelu_tanh × 2.
         assert_eq!(
             llama.len(),
-            9 + 3 * 10 + 2 * 3 * 4 + 2 * 2 + 2 * 2,
+            9 + 3 * 12 + 2 * 3 * 4 + 2 * 2 + 4 * 2,
             "{llama:?}"
         );
         assert!(llama.contains(&"gemv_silu_f16".to_string()));
+        for k in [
+            "silu_mul_f32",
+            "gelu_mul_bf16",
+            "gelu_tanh_mul_f16",
+            "gemv_gelu_tanh_bf16",
+        ] {
+            assert!(llama.contains(&k.to_string()), "{k}");
+        }
         assert!(!llama.contains(&"gemv_norm_f32".to_string()));
         assert_eq!(
             kernel_names(nvrtc::MODULES[1].1),

@@ -446,14 +446,17 @@ impl CudaModel {
                 [("q", sh.q), ("k", sh.kv), ("v", sh.kv)]
                     .map(|(p, rows)| (n(&format!("self_attn.{p}_proj.{kind}")), rows))
             };
-            let (qkv, qkv_bias) = m.fused_with_bias(w, qkv_parts, h)?;
+            // Biases as config.json declares them (validated present); others in the
+            // checkpoint are ignored, as transformers ignores them.
+            let (qkv_b, o_b, mlp_b) = (m.cfg.qkv_bias, m.cfg.o_bias, m.cfg.mlp_bias);
+            let (qkv, qkv_bias) = m.fused_with_bias(w, qkv_parts, h, qkv_b)?;
             let o = m.cols_to_new(w, &n("self_attn.o_proj.weight"), q0, q1, h * nq)?;
-            let o_bias = m.opt_all(w, &n("self_attn.o_proj.bias"), h)?;
+            let o_bias = m.opt_all(w, o_b, &n("self_attn.o_proj.bias"), h)?;
             let gu_parts =
                 |kind: &str| ["gate", "up"].map(|p| (n(&format!("mlp.{p}_proj.{kind}")), sh.mlp));
-            let (gu, gu_bias) = m.fused_with_bias(w, gu_parts, h)?;
+            let (gu, gu_bias) = m.fused_with_bias(w, gu_parts, h, mlp_b)?;
             let down = m.cols_to_new(w, &n("mlp.down_proj.weight"), i0, i1, h * inter)?;
-            let down_bias = m.opt_all(w, &n("mlp.down_proj.bias"), h)?;
+            let down_bias = m.opt_all(w, mlp_b, &n("mlp.down_proj.bias"), h)?;
             m.weights.push(Layer {
                 in_norm,
                 post_norm,
@@ -567,20 +570,17 @@ impl CudaModel {
         Ok(buf)
     }
 
-    /// The fused weight (`row` wide) of `parts("weight")` and, when the checkpoint
-    /// has the first part's bias, the fused bias of `parts("bias")`.
+    /// The fused weight (`row` wide) of `parts("weight")` and, when config.json
+    /// declares these biases (`bias`), the fused bias of `parts("bias")`.
     fn fused_with_bias<const N: usize>(
         &mut self,
         w: &Weights<'_>,
         parts: impl Fn(&str) -> [(String, (usize, usize)); N],
         row: usize,
+        bias: bool,
     ) -> Result<(DevBuf, Option<DevBuf>)> {
         let weight = self.fused(w, &parts("weight"), row)?;
-        let bias = parts("bias");
-        let bias = w
-            .has(&bias[0].0)
-            .then(|| self.fused(w, &bias, 1))
-            .transpose()?;
+        let bias = bias.then(|| self.fused(w, &parts("bias"), 1)).transpose()?;
         Ok((weight, bias))
     }
 
@@ -599,8 +599,15 @@ impl CudaModel {
         Ok(buf)
     }
 
-    fn opt_all(&mut self, w: &Weights<'_>, name: &str, n: usize) -> Result<Option<DevBuf>> {
-        if !w.has(name) {
+    /// A 1-D tensor of `n` elements when config.json declares it (`on`), else `None`.
+    fn opt_all(
+        &mut self,
+        w: &Weights<'_>,
+        on: bool,
+        name: &str,
+        n: usize,
+    ) -> Result<Option<DevBuf>> {
+        if !on {
             return Ok(None);
         }
         self.rows_to_new(w, name, 0, n, n).map(Some)
@@ -1116,9 +1123,11 @@ impl CudaModel {
         }
         let group = cfg.num_heads / cfg.num_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let window = cfg.sliding_window.map_or(0, |w| w as i32);
+        let hidden_act = cfg.hidden_act;
         let mut pending = false;
         for (li, l) in self.weights.iter().enumerate() {
+            // This layer's sliding window (0: none), by its global index.
+            let window = cfg.window(self.shard.layers.0 + li).map_or(0, |w| w as i32);
             let (kc, vc) = (&self.kv[li].0, &self.kv[li].1);
             let delta = if pending { y } else { 0 };
             let stream = (x, delta, spare);
@@ -1220,13 +1229,21 @@ impl CudaModel {
             self.add_bias(gu, l.gu_bias.as_ref(), t, i2)?;
             if fuse {
                 let input = (gu, 0, 0, 0);
-                self.gpu
-                    .gemv_fused(Fused::Silu, self.dt, h, i1, input, l.down.ptr, y, eps)?;
+                self.gpu.gemv_fused(
+                    Fused::Mlp(hidden_act),
+                    self.dt,
+                    h,
+                    i1,
+                    input,
+                    l.down.ptr,
+                    y,
+                    eps,
+                )?;
                 self.row_parallel_tail(t, l.down_bias.as_ref(), y)?;
             } else {
                 let n = t * i1;
                 self.elementwise(
-                    "silu_mul",
+                    hidden_act.mul_kernel(),
                     n,
                     Args::new().ptr(gu).ptr(act).i32(i1 as i32).i64(n as i64),
                 )?;
