@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod env;
 pub mod logs;
@@ -119,7 +120,7 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
                     &format!("Received {sig} death signal, shutting down workers"),
                 );
                 supervise::shut_down(&mut workers, sig, cfg.term_timeout, &signals);
-                eprintln!(
+                crate::eline!(
                     "rrun: SignalException: Process {} got signal: {sig} ({}); workers were shut down, exiting with 1 as torchrun does",
                     std::process::id(),
                     config::signal_name(sig)
@@ -157,7 +158,7 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
                 }
                 summary::propagate_error_file(rf);
                 let title = format!("{} FAILED", cfg.entrypoint_name);
-                eprintln!(
+                crate::eline!(
                     "rrun: ChildFailedError: {}",
                     summary::render(&title, &failures, root, &host, cfg.tail_lines)
                 );

@@ -118,7 +118,7 @@ fn host_or_join(
 fn progress_every(start: Instant, last: &mut Instant, msg: impl Fn(u64) -> String) {
     if last.elapsed() >= Duration::from_secs(5) {
         *last = Instant::now();
-        eprintln!("rrun: {}", msg(start.elapsed().as_secs()));
+        crate::eline!("rrun: {}", msg(start.elapsed().as_secs()));
     }
 }
 
@@ -154,7 +154,7 @@ impl Rendezvous {
             let shown = format!("{addr}:{port}");
             let node = cfg.node_rank;
             Client::connect(&addr, port, timeout, &mut |t| {
-                eprintln!("rrun: waiting for the node-0 store at {shown} (this is node {node} of {nodes}), {} s", t.as_secs());
+                crate::eline!("rrun: waiting for the node-0 store at {shown} (this is node {node} of {nodes}), {} s", t.as_secs());
             })
             .map_err(|e| match e {
                 StoreError::Unreachable { waited, .. } => RdzvError::Unreachable { addr: shown.clone(), secs: waited.as_secs(), node },
@@ -212,7 +212,7 @@ impl Rendezvous {
         let mut servers = Vec::new();
         let shown = format!("{host}:{port}");
         let report = |t: Duration| {
-            eprintln!(
+            crate::eline!(
                 "rrun: waiting for the rendezvous store at {shown}, {} s",
                 t.as_secs()
             );
@@ -417,7 +417,7 @@ impl Rendezvous {
             }
         })();
         if let Err(e) = r {
-            eprintln!(
+            crate::eline!(
                 "rrun: Error waiting on exit barrier. Elapsed: {} seconds ({e})",
                 start.elapsed().as_secs()
             );

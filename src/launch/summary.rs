@@ -208,7 +208,7 @@ pub fn propagate_error_file(root: &Failure) {
                 m.insert("errorCode".into(), Value::from(root.exitcode));
             }
             if let Err(e) = std::fs::write(&parent, serde_json::to_string(&j).unwrap_or_default()) {
-                eprintln!("rrun: cannot write TORCHELASTIC_ERROR_FILE {parent}: {e}");
+                crate::eline!("rrun: cannot write TORCHELASTIC_ERROR_FILE {parent}: {e}");
             }
         }
         _ => tlog::log(

@@ -63,7 +63,7 @@ impl StoreServer {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => l,
                         Err(e) => {
-                            eprintln!("rrun: store server failed to start: {e}");
+                            crate::eline!("rrun: store server failed to start: {e}");
                             return;
                         }
                     };
@@ -130,14 +130,14 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>
                 let st = state.clone();
                 tokio::spawn(async move {
                     if let Err(why) = serve_conn(sock, id, &st).await {
-                        eprintln!("rrun: store: closed connection from {peer}: {why}");
+                        crate::eline!("rrun: store: closed connection from {peer}: {why}");
                     }
                     st.lock().unwrap().forget(id);
                 });
             }
             Err(e) => {
                 // Out of descriptors and the like: back off, keep serving the others.
-                eprintln!("rrun: store: accept failed: {e}");
+                crate::eline!("rrun: store: accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
