@@ -1,9 +1,10 @@
 //! How agents find each other and number their workers (shared/spec/torchrun.md §4).
 //!
-//! Static (the default): node 0 hosts the TCPStore at `--master-port`; every agent
-//! ADDs `init/`, node 0 waits until all nodes have; group rank = `--node-rank`. The
-//! keys are torch's own (`/<run_id>/torchelastic/…`), so rrun and torchrun agents can
-//! form one static job. c10d (and `--standalone`): the endpoint host serves the
+//! Static (the default): node 0 hosts the TCPStore at the endpoint (`--rdzv-endpoint`,
+//! else `--master-addr:--master-port`), which is also the workers' MASTER_ADDR and
+//! MASTER_PORT; every agent ADDs `init/`, node 0 waits until all nodes have; group
+//! rank = `--node-rank`. The keys are torch's own (`/<run_id>/torchelastic/…`), so
+//! rrun and torchrun agents can form one static job. c10d (and `--standalone`): the endpoint host serves the
 //! rendezvous store, agents take group ranks in join order, and group rank 0 hosts a
 //! second, ephemeral-port store for the workers — an rrun-to-rrun protocol (torch's
 //! c10d state is a Python pickle). Rank assignment (§4.4) and the exit barrier
@@ -188,14 +189,17 @@ impl Rendezvous {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // Workers use the agents' store (torch's bootstrap_store_info): the endpoint, or
+        // on node 0 with port 0, the port the store got.
+        let port = servers.first().map_or(port, StoreServer::port);
         Ok(Rendezvous {
             client,
             _servers: servers,
             group_rank: cfg.node_rank,
             group_world_size: nodes,
             master: MasterInfo {
-                addr: cfg.master_addr.clone(),
-                port: cfg.master_port,
+                addr,
+                port,
                 use_agent_store: true,
             },
             prefix: format!("{}/", cfg.run_id),
