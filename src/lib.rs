@@ -7,10 +7,10 @@
 //! - [`rank`]: rrank — placement, communicator, model, CPU backend, KV cache, engine,
 //!   HTTP serving.
 //! - [`bench`]: `rrun-bench`, the load generator.
-//! - [`elog`]: stderr lines written whole (one `write(2)` each).
+//! - [`console`]: stderr and stdout lines written whole (one `write(2)` each).
 
 pub mod bench;
-pub mod elog;
+pub mod console;
 pub mod launch;
 pub mod rank;
 pub mod store;

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let rank = std::env::var("RANK").unwrap_or_else(|_| "0".into());
-            rrun::elog!("rrank: error (rank {rank}): {e}");
+            rrun::eline!("rrank: error (rank {rank}): {e}");
             ExitCode::from(e.exit_code())
         }
     }

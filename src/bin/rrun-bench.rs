@@ -14,7 +14,7 @@ fn main() -> ExitCode {
                 && let Err(e) =
                     std::fs::write(p, serde_json::to_string_pretty(&r).unwrap_or_default())
             {
-                rrun::elog!("rrun-bench: error: cannot write {}: {e}", p.display());
+                rrun::eline!("rrun-bench: error: cannot write {}: {e}", p.display());
                 return ExitCode::from(1);
             }
             if r["failed"].as_u64().unwrap_or(0) > 0 {
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            rrun::elog!("rrun-bench: error: {e}");
+            rrun::eline!("rrun-bench: error: {e}");
             ExitCode::from(1)
         }
     }

@@ -8,6 +8,11 @@
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 
+/// torchrun's `--master-addr` default.
+pub const DEFAULT_MASTER_ADDR: &str = "127.0.0.1";
+/// torchrun's `--master-port` default.
+pub const DEFAULT_MASTER_PORT: u16 = 29500;
+
 /// Torch Distributed Elastic Training Launcher, in Rust: a drop-in `torchrun`.
 ///
 /// Runs `python -u SCRIPT ARGS…` (or `-m MODULE`, or `--no-python PROGRAM`) once per
@@ -181,21 +186,21 @@ pub struct Cli {
     )]
     pub node_rank: i64,
 
-    /// Address of the node-0 store (static rendezvous); passed to workers as MASTER_ADDR verbatim.
+    /// Address of the node-0 store (static rendezvous without --rdzv-endpoint); passed to workers as MASTER_ADDR verbatim.
     #[arg(
         long = "master-addr",
         alias = "master_addr",
         env = "PET_MASTER_ADDR",
-        default_value = "127.0.0.1"
+        default_value = DEFAULT_MASTER_ADDR
     )]
     pub master_addr: String,
 
-    /// Port of the node-0 store (static rendezvous); MASTER_PORT for workers.
+    /// Port of the node-0 store (static rendezvous without --rdzv-endpoint); MASTER_PORT for workers.
     #[arg(
         long = "master-port",
         alias = "master_port",
         env = "PET_MASTER_PORT",
-        default_value_t = 29500
+        default_value_t = DEFAULT_MASTER_PORT
     )]
     pub master_port: u16,
 

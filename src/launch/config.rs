@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use super::cli::Cli;
+use super::cli::{Cli, DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT};
 use super::devices;
 
 /// A flag value that cannot be used.
@@ -96,7 +96,9 @@ pub struct Config {
     pub max_nodes: usize,
     pub nproc: usize,
     pub backend: Backend,
-    /// c10d endpoint host and port (port 0 = ephemeral).
+    /// Rendezvous endpoint host and port (port 0 = ephemeral). Static: where node 0
+    /// hosts the store and what workers get as MASTER_ADDR/MASTER_PORT — the
+    /// `--rdzv-endpoint` if given, else `--master-addr`/`--master-port`.
     pub endpoint: (String, u16),
     pub run_id: String,
     pub rdzv_conf: BTreeMap<String, String>,
@@ -116,8 +118,6 @@ pub struct Config {
     pub stdout_filters: Vec<String>,
     pub stderr_filters: Vec<String>,
     pub node_rank: usize,
-    pub master_addr: String,
-    pub master_port: u16,
     pub local_addr: Option<String>,
     /// The `--signals-to-handle` string as given (exported to workers).
     pub signals_string: String,
@@ -214,9 +214,27 @@ pub fn parse_rdzv_conf(s: &str) -> Result<BTreeMap<String, String>, ConfigError>
 
 /// Splits `host[:port]` (IPv6 hosts in brackets).
 pub fn parse_endpoint(s: &str, default_port: u16) -> Result<(String, u16), ConfigError> {
+    let (host, port) = parse_endpoint_parts(s)?;
+    Ok((host, port.unwrap_or(default_port)))
+}
+
+/// The static rendezvous endpoint: torch hosts its store there and tells workers
+/// MASTER_ADDR/MASTER_PORT from it, so the port is required (as in torch).
+pub fn parse_static_endpoint(s: &str) -> Result<(String, u16), ConfigError> {
+    match parse_endpoint_parts(s)? {
+        (host, Some(port)) => Ok((host, port)),
+        (host, None) => Err(bad(format!(
+            "--rdzv-endpoint {:?}: port is missing in endpoint; the static rendezvous hosts its store at the endpoint and gives workers its host and port, so give both (e.g. --rdzv-endpoint {host}:29500), or drop --rdzv-endpoint to use --master-addr/--master-port",
+            s.trim()
+        ))),
+    }
+}
+
+/// Splits `host[:port]` into the host and the port, if one is given.
+fn parse_endpoint_parts(s: &str) -> Result<(String, Option<u16>), ConfigError> {
     let s = s.trim();
     if s.is_empty() {
-        return Ok(("localhost".into(), default_port));
+        return Ok(("localhost".into(), None));
     }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, after) = rest
@@ -230,12 +248,12 @@ pub fn parse_endpoint(s: &str, default_port: u16) -> Result<(String, u16), Confi
         }
     };
     let port = match port {
-        None => default_port,
-        Some(p) => p.parse().map_err(|_| {
+        None => None,
+        Some(p) => Some(p.parse().map_err(|_| {
             bad(format!(
                 "rendezvous endpoint {s:?}: port {p:?} is not a number 0-65535"
             ))
-        })?,
+        })?),
     };
     Ok((host, port))
 }
@@ -415,7 +433,23 @@ impl Config {
         }
         let endpoint = match backend {
             Backend::Static if endpoint.is_empty() => (cli.master_addr.clone(), cli.master_port),
-            Backend::Static => parse_endpoint(&endpoint, cli.master_port)?,
+            Backend::Static => {
+                let (host, port) = parse_static_endpoint(&endpoint)?;
+                let mut unused = Vec::new();
+                if cli.master_addr != DEFAULT_MASTER_ADDR {
+                    unused.push(format!("--master-addr {}", cli.master_addr));
+                }
+                if cli.master_port != DEFAULT_MASTER_PORT {
+                    unused.push(format!("--master-port {}", cli.master_port));
+                }
+                if !unused.is_empty() {
+                    warnings.push(format!(
+                        "{} not used: with --rdzv-endpoint, the static rendezvous hosts its store at {host}:{port} and gives workers that MASTER_ADDR/MASTER_PORT (as torchrun does)",
+                        unused.join(" and ")
+                    ));
+                }
+                (host, port)
+            }
             Backend::C10d => {
                 if cli.rdzv_endpoint.is_empty() && !cli.standalone {
                     warnings.push("master_addr is only used for static rdzv_backend and when rdzv_endpoint is not specified.".into());
@@ -518,8 +552,6 @@ impl Config {
             stdout_filters: parse_filters(&cli.duplicate_stdout_filters),
             stderr_filters: parse_filters(&cli.duplicate_stderr_filters),
             node_rank: cli.node_rank as usize,
-            master_addr: cli.master_addr,
-            master_port: cli.master_port,
             local_addr: cli.local_addr,
             signals_string: cli.signals_to_handle,
             signals,
@@ -588,6 +620,40 @@ mod tests {
         assert_eq!(c["join_timeout"], "7");
         assert!(parse_rdzv_conf("a=").is_err());
         assert_eq!(parse_filters("a,,b,c"), ["a,b", "c"]);
+    }
+
+    fn plan(args: &[&str]) -> Result<Config, ConfigError> {
+        use clap::Parser;
+        let mut argv = vec!["rrun"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--no-python", "true"]);
+        Config::from_cli(Cli::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn static_endpoint_is_the_store_and_the_workers_master() {
+        let c = plan(&["--rdzv-id", "101", "--rdzv-endpoint", "localhost:23456"]).unwrap();
+        assert_eq!(c.endpoint, ("localhost".into(), 23456));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // The endpoint wins over --master-addr/--master-port, with a warning.
+        let c = plan(&["--master-port", "1234", "--rdzv-endpoint", "[::1]:23456"]).unwrap();
+        assert_eq!(c.endpoint, ("::1".into(), 23456));
+        assert!(
+            c.warnings[0].starts_with("--master-port 1234 not used"),
+            "{:?}",
+            c.warnings
+        );
+        // Without an endpoint: --master-addr verbatim and --master-port.
+        let c = plan(&["--master-addr", "node0.example", "--master-port", "1234"]).unwrap();
+        assert_eq!(c.endpoint, ("node0.example".into(), 1234));
+        // An endpoint without a port is refused, as torch does.
+        let e = plan(&["--master-port", "1234", "--rdzv-endpoint", "localhost"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port is missing in endpoint"), "{e}");
+        // c10d keeps its default port.
+        let c = plan(&["--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost"]).unwrap();
+        assert_eq!(c.endpoint, ("localhost".into(), 29400));
     }
 
     #[test]

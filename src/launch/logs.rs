@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::config::{Config, STD_ERR, STD_OUT};
+use crate::console;
 
 /// Python's `tempfile` alphabet and length for the random part of names.
 fn rand8() -> String {
@@ -239,11 +240,11 @@ pub fn start_tee(
                     out.push(b'\n');
                 }
                 // One write per line under the stream lock: lines of ranks never interleave.
-                let _ = if to_stdout {
-                    io::stdout().lock().write_all(&out)
+                if to_stdout {
+                    console::stdout_bytes(&out)
                 } else {
-                    io::stderr().lock().write_all(&out)
-                };
+                    console::stderr_bytes(&out)
+                }
                 if !dups.filters.is_empty() {
                     let text = String::from_utf8_lossy(&line);
                     if dups.filters.iter().any(|f| text.contains(f.as_str()))

@@ -119,7 +119,7 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
                     &format!("Received {sig} death signal, shutting down workers"),
                 );
                 supervise::shut_down(&mut workers, sig, cfg.term_timeout, &signals);
-                eprintln!(
+                crate::eline!(
                     "rrun: SignalException: Process {} got signal: {sig} ({}); workers were shut down, exiting with 1 as torchrun does",
                     std::process::id(),
                     config::signal_name(sig)
@@ -157,7 +157,7 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
                 }
                 summary::propagate_error_file(rf);
                 let title = format!("{} FAILED", cfg.entrypoint_name);
-                eprintln!(
+                crate::eline!(
                     "rrun: ChildFailedError: {}",
                     summary::render(&title, &failures, root, &host, cfg.tail_lines)
                 );

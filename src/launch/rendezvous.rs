@@ -1,9 +1,10 @@
 //! How agents find each other and number their workers (shared/spec/torchrun.md §4).
 //!
-//! Static (the default): node 0 hosts the TCPStore at `--master-port`; every agent
-//! ADDs `init/`, node 0 waits until all nodes have; group rank = `--node-rank`. The
-//! keys are torch's own (`/<run_id>/torchelastic/…`), so rrun and torchrun agents can
-//! form one static job. c10d (and `--standalone`): the endpoint host serves the
+//! Static (the default): node 0 hosts the TCPStore at the endpoint (`--rdzv-endpoint`,
+//! else `--master-addr:--master-port`), which is also the workers' MASTER_ADDR and
+//! MASTER_PORT; every agent ADDs `init/`, node 0 waits until all nodes have; group
+//! rank = `--node-rank`. The keys are torch's own (`/<run_id>/torchelastic/…`), so
+//! rrun and torchrun agents can form one static job. c10d (and `--standalone`): the endpoint host serves the
 //! rendezvous store, agents take group ranks in join order, and group rank 0 hosts a
 //! second, ephemeral-port store for the workers — an rrun-to-rrun protocol (torch's
 //! c10d state is a Python pickle). Rank assignment (§4.4) and the exit barrier
@@ -118,7 +119,7 @@ fn host_or_join(
 fn progress_every(start: Instant, last: &mut Instant, msg: impl Fn(u64) -> String) {
     if last.elapsed() >= Duration::from_secs(5) {
         *last = Instant::now();
-        eprintln!("rrun: {}", msg(start.elapsed().as_secs()));
+        crate::eline!("rrun: {}", msg(start.elapsed().as_secs()));
     }
 }
 
@@ -154,7 +155,7 @@ impl Rendezvous {
             let shown = format!("{addr}:{port}");
             let node = cfg.node_rank;
             Client::connect(&addr, port, timeout, &mut |t| {
-                eprintln!("rrun: waiting for the node-0 store at {shown} (this is node {node} of {nodes}), {} s", t.as_secs());
+                crate::eline!("rrun: waiting for the node-0 store at {shown} (this is node {node} of {nodes}), {} s", t.as_secs());
             })
             .map_err(|e| match e {
                 StoreError::Unreachable { waited, .. } => RdzvError::Unreachable { addr: shown.clone(), secs: waited.as_secs(), node },
@@ -188,14 +189,17 @@ impl Rendezvous {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // Workers use the agents' store (torch's bootstrap_store_info): the endpoint, or
+        // on node 0 with port 0, the port the store got.
+        let port = servers.first().map_or(port, StoreServer::port);
         Ok(Rendezvous {
             client,
             _servers: servers,
             group_rank: cfg.node_rank,
             group_world_size: nodes,
             master: MasterInfo {
-                addr: cfg.master_addr.clone(),
-                port: cfg.master_port,
+                addr,
+                port,
                 use_agent_store: true,
             },
             prefix: format!("{}/", cfg.run_id),
@@ -212,7 +216,7 @@ impl Rendezvous {
         let mut servers = Vec::new();
         let shown = format!("{host}:{port}");
         let report = |t: Duration| {
-            eprintln!(
+            crate::eline!(
                 "rrun: waiting for the rendezvous store at {shown}, {} s",
                 t.as_secs()
             );
@@ -417,7 +421,7 @@ impl Rendezvous {
             }
         })();
         if let Err(e) = r {
-            eprintln!(
+            crate::eline!(
                 "rrun: Error waiting on exit barrier. Elapsed: {} seconds ({e})",
                 start.elapsed().as_secs()
             );

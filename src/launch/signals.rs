@@ -65,7 +65,7 @@ impl SignalQueue {
                                 continue;
                             }
                             if !running {
-                                eprintln!(
+                                crate::eline!(
                                     "rrun: received {} before any worker started; exiting",
                                     signal_name(s)
                                 );

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use super::logs::{self, Duplicates, Pipe, Sink, Streams};
 
@@ -31,8 +31,10 @@ pub struct Worker {
     pub child: Child,
     /// Exit code in torch's convention: negative signal number for a signal death.
     pub exit: Option<i32>,
-    /// When rrun noticed the exit.
+    /// When rrun noticed the exit (wall clock, for the report's `time`).
     pub exited_at: Option<SystemTime>,
+    /// When rrun noticed the exit (monotonic: orders failures).
+    pub observed_at: Option<Instant>,
     /// The closing signal rrun sent this worker while it still ran, if any.
     pub closing_signal: Option<i32>,
     pub error_file: String,
@@ -113,6 +115,7 @@ impl Worker {
             child,
             exit: None,
             exited_at: None,
+            observed_at: None,
             closing_signal: None,
             error_file: spec.error_file,
             stderr_file,
@@ -127,6 +130,7 @@ impl Worker {
         {
             self.exit = Some(exit_code(st));
             self.exited_at = Some(SystemTime::now());
+            self.observed_at = Some(Instant::now());
         }
         self.exit
     }

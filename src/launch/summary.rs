@@ -1,11 +1,14 @@
 //! The failure report. It keeps torchrun's ChildFailedError layout (tools grep it:
 //! `Root Cause (first observed failure):`, `exitcode  :`, `error_file:`), and improves
-//! it: the root cause comes first, ranks that rrun itself terminated are marked as
-//! such, and the last lines of the root cause's captured stderr are shown (or how to
-//! capture them). It also reads worker error files and copies the root cause's to
-//! the parent's TORCHELASTIC_ERROR_FILE (§3.7).
+//! it: the root cause comes first and is the failure rrun observed first (on the
+//! monotonic clock: torch's whole-second timestamps tie within a second), the other
+//! failures follow in the order observed, ranks that rrun itself terminated are
+//! marked as such, and the last lines of the root cause's captured stderr are shown
+//! (or how to capture them). The `time` fields keep torch's format. It also reads
+//! worker error files and copies the root cause's to the parent's
+//! TORCHELASTIC_ERROR_FILE (§3.7).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -24,8 +27,10 @@ pub struct Failure {
     pub global_rank: usize,
     pub pid: u32,
     pub exitcode: i32,
-    /// Unix seconds: the error file's timestamp, else when rrun noticed.
+    /// Unix seconds: the error file's timestamp, else when rrun noticed (shown as `time`).
     pub time: i64,
+    /// When rrun noticed the exit, on the monotonic clock: failures are ordered by it.
+    pub observed: Instant,
     pub error_file: Option<String>,
     pub error_json: Option<Value>,
     pub traceback: String,
@@ -90,6 +95,7 @@ pub fn collect(workers: &[Worker]) -> Vec<Failure> {
                 pid: w.pid,
                 exitcode: code,
                 time,
+                observed: w.observed_at.unwrap_or_else(Instant::now),
                 error_file: json.as_ref().map(|_| w.error_file.clone()),
                 error_json: json,
                 traceback,
@@ -100,18 +106,23 @@ pub fn collect(workers: &[Worker]) -> Vec<Failure> {
         .collect()
 }
 
-/// The root cause: the earliest failure rrun did not cause itself (ties: lower
-/// local rank). Falls back to the earliest failure of all.
+/// Indices of `failures` in the order rrun observed them (ties: lower local rank).
+fn observed_order(failures: &[Failure]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..failures.len()).collect();
+    order.sort_by_key(|&i| (failures[i].observed, i));
+    order
+}
+
+/// The root cause: the first observed failure rrun did not cause itself. Falls back
+/// to the first observed failure of all.
 pub fn root_cause(failures: &[Failure]) -> usize {
-    let pick = |own: bool| {
-        failures
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| own || !f.terminated_by_agent)
-            .min_by_key(|(i, f)| (f.time, *i))
-            .map(|(i, _)| i)
-    };
-    pick(false).or_else(|| pick(true)).unwrap_or(0)
+    let order = observed_order(failures);
+    order
+        .iter()
+        .copied()
+        .find(|&i| !failures[i].terminated_by_agent)
+        .or_else(|| order.first().copied())
+        .unwrap_or(0)
 }
 
 fn entry(idx: usize, f: &Failure, host: &str, tail_lines: usize, is_root: bool) -> Vec<String> {
@@ -152,7 +163,8 @@ fn entry(idx: usize, f: &Failure, host: &str, tail_lines: usize, is_root: bool) 
     l
 }
 
-/// Renders the report; `title` is e.g. `worker.py FAILED`.
+/// Renders the report; `title` is e.g. `worker.py FAILED`. Entries keep torch's
+/// `[idx]` (position in local-rank order); other failures are listed as observed.
 pub fn render(
     title: &str,
     failures: &[Failure],
@@ -161,11 +173,10 @@ pub fn render(
     tail_lines: usize,
 ) -> String {
     let root_lines = entry(root, &failures[root], host, tail_lines, true);
-    let others: Vec<Vec<String>> = failures
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != root)
-        .map(|(i, f)| entry(i, f, host, tail_lines, false))
+    let others: Vec<Vec<String>> = observed_order(failures)
+        .into_iter()
+        .filter(|&i| i != root)
+        .map(|i| entry(i, &failures[i], host, tail_lines, false))
         .collect();
     let longest = root_lines
         .iter()
@@ -208,7 +219,7 @@ pub fn propagate_error_file(root: &Failure) {
                 m.insert("errorCode".into(), Value::from(root.exitcode));
             }
             if let Err(e) = std::fs::write(&parent, serde_json::to_string(&j).unwrap_or_default()) {
-                eprintln!("rrun: cannot write TORCHELASTIC_ERROR_FILE {parent}: {e}");
+                crate::eline!("rrun: cannot write TORCHELASTIC_ERROR_FILE {parent}: {e}");
             }
         }
         _ => tlog::log(
@@ -222,14 +233,21 @@ pub fn propagate_error_file(root: &Failure) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::LazyLock;
+    use std::time::Duration;
 
-    fn f(lr: usize, code: i32, time: i64, term: bool) -> Failure {
+    static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+    /// A failure of local rank `lr` noticed `ms` milliseconds after a common start,
+    /// stamped with unix second `time`.
+    fn f(lr: usize, code: i32, time: i64, ms: u64, term: bool) -> Failure {
         Failure {
             local_rank: lr,
             global_rank: lr,
             pid: 100 + lr as u32,
             exitcode: code,
             time,
+            observed: *BASE + Duration::from_millis(ms),
             error_file: None,
             error_json: None,
             traceback: TRACEBACK_HINT.into(),
@@ -238,24 +256,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn root_cause_is_never_a_rank_rrun_killed() {
-        // The killed rank was noticed first, in the same second.
-        let fs = vec![f(0, -15, 10, true), f(1, 3, 10, false)];
-        assert_eq!(root_cause(&fs), 1);
-        let text = render("w.py FAILED", &fs, 1, "localhost", 20);
+    fn sections(text: &str) -> (&str, &str) {
         let root_at = text.find("Root Cause (first observed failure):").unwrap();
         let other_at = text.find("Other Failures:").unwrap();
         assert!(root_at < other_at);
-        assert!(text[root_at..other_at].contains("exitcode  : 3 (pid: 101)"));
-        assert!(text[other_at..].contains("terminated by rrun"));
+        (&text[root_at..other_at], &text[other_at..])
+    }
+
+    #[test]
+    fn root_cause_is_never_a_rank_rrun_killed() {
+        // The killed rank was noticed first, in the same second.
+        let fs = vec![f(0, -15, 10, 0, true), f(1, 3, 10, 5, false)];
+        assert_eq!(root_cause(&fs), 1);
+        let text = render("w.py FAILED", &fs, 1, "localhost", 20);
+        let (root, others) = sections(&text);
+        assert!(root.contains("exitcode  : 3 (pid: 101)"));
+        assert!(others.contains("terminated by rrun"));
         assert!(text.lines().nth(1).unwrap().chars().all(|c| c == '='));
         assert_eq!(text.lines().nth(1).unwrap().len(), 60);
     }
 
     #[test]
+    fn root_cause_is_the_first_observed_within_one_second() {
+        // Rank 1 died of SIGKILL; rank 0 exited 1 200 ms later, in the same second.
+        let fs = vec![f(0, 1, 10, 200, false), f(1, -9, 10, 0, false)];
+        let root = root_cause(&fs);
+        assert_eq!(root, 1);
+        let text = render("w.py FAILED", &fs, root, "h", 20);
+        let (root, others) = sections(&text);
+        assert!(root.contains("rank      : 1 (local_rank: 1)"), "{text}");
+        assert!(root.contains("exitcode  : -9 (pid: 101)"), "{text}");
+        assert!(others.contains("[0]:") && others.contains("exitcode  : 1 (pid: 100)"));
+    }
+
+    #[test]
+    fn other_failures_follow_in_observed_order() {
+        let fs = vec![
+            f(0, 1, 10, 300, false),
+            f(1, 2, 10, 0, false),
+            f(2, 3, 10, 100, false),
+        ];
+        assert_eq!(root_cause(&fs), 1);
+        let text = render("w.py FAILED", &fs, 1, "h", 20);
+        let (_, others) = sections(&text);
+        assert!(
+            others.find("[2]:").unwrap() < others.find("[0]:").unwrap(),
+            "{text}"
+        );
+        // Only agent-terminated ranks: the first observed of them.
+        let all_term = vec![f(0, -15, 10, 50, true), f(1, -15, 10, 10, true)];
+        assert_eq!(root_cause(&all_term), 1);
+    }
+
+    #[test]
     fn single_failure_says_no_other_failures() {
-        let fs = vec![f(0, 3, 1, false)];
+        let fs = vec![f(0, 3, 1, 0, false)];
         let text = render("w.py FAILED", &fs, 0, "h", 20);
         assert!(text.contains("  <NO_OTHER_FAILURES>"));
         assert!(text.contains("not captured; rerun with --tee 2"));

@@ -106,9 +106,10 @@ pub fn shut_down(workers: &mut [Worker], sig: i32, grace: Duration, signals: &Si
         }
         if !wait_until(workers, Instant::now() + Duration::from_secs(5), None) {
             for w in workers.iter_mut().filter(|w| w.exit.is_none()) {
-                eprintln!(
+                crate::eline!(
                     "rrun: worker pid {} (local rank {}) did not exit 5 s after SIGKILL (stuck in the kernel?); not waiting for it",
-                    w.pid, w.local_rank
+                    w.pid,
+                    w.local_rank
                 );
             }
         }

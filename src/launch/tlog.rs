@@ -2,8 +2,6 @@
 //! (shared/spec/torchrun.md §2.3), so that wrapper scripts that grep torchrun's
 //! stderr keep working. Level I lines appear only with `LOGLEVEL=INFO` or `DEBUG`.
 
-use std::io::Write;
-
 /// Source locations torch 2.11 prints for the default-level lines.
 pub mod src {
     pub const RUN: &str = "torch/distributed/run.py:851";
@@ -50,8 +48,8 @@ pub fn prefix(lvl: char, loc: &str) -> String {
     )
 }
 
-/// Writes `msg` to stderr, every physical line with the prefix. Level 'I' is
-/// dropped unless LOGLEVEL asks for it.
+/// Writes `msg` to stderr, every physical line with the prefix, all in one write.
+/// Level 'I' is dropped unless LOGLEVEL asks for it.
 pub fn log(lvl: char, loc: &str, msg: &str) {
     if lvl == 'I' && !info_enabled() {
         return;
@@ -63,7 +61,7 @@ pub fn log(lvl: char, loc: &str, msg: &str) {
         out.push_str(line);
         out.push('\n');
     }
-    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    crate::console::stderr_bytes(out.as_bytes());
 }
 
 /// Local time of a unix timestamp as `YYYY-MM-DD_HH:MM:SS` (the summary's `time`).

@@ -80,7 +80,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         prompt.len() + args.max_tokens,
     )?;
     if env.rank == 0 || args.dump.is_some() {
-        crate::elog!("rrank: {}", kv.line);
+        crate::eline!("rrank: {}", kv.line);
     }
     let mut comm = s.comm;
     let mut alloc = BlockAllocator::new(blocks, bs);
@@ -183,7 +183,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         } else {
             0.0
         };
-        crate::elog!(
+        crate::eline!(
             "rrank: {} prompt + {} generated tokens; load {load_s:.2} s, first token {:.3} s, decode {decode_tps:.1} tok/s, total {:.1} tok/s incl. prefill",
             prompt.len(),
             out.len(),

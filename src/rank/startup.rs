@@ -188,7 +188,7 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
             env.master_port,
             std::time::Duration::from_secs(300),
             &mut |t| {
-                crate::elog!(
+                crate::eline!(
                     "rrank: rank {} waiting for the store at {}:{}, {} s",
                     env.rank,
                     env.master_addr,
@@ -401,7 +401,7 @@ pub fn load_backend(engine: &EngineArgs, s: &mut Startup) -> Result<Backend, Ran
             m.graphs.enabled = !engine.enforce_eager && m.gpu.profile.is_none();
             if s.env.rank == 0 && s.env.world_size > 1 {
                 let v = super::backend::cuda::nccl::Nccl::version().unwrap_or(0);
-                crate::elog!(
+                crate::eline!(
                     "rrank: NCCL {}.{}.{} through the store (LD_LIBRARY_PATH={})",
                     v / 10000,
                     v / 100 % 100,

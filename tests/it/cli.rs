@@ -171,6 +171,46 @@ fn node_zero_reports_progress_then_times_out() {
 }
 
 #[test]
+fn static_rdzv_endpoint_is_the_workers_master() {
+    // torchrun's static rendezvous hosts the store at --rdzv-endpoint and gives workers
+    // its host and port, whatever --master-port says.
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let o = run(
+        &[
+            "--rdzv_id=101",
+            &format!("--rdzv_endpoint={endpoint}"),
+            "--master-port",
+            "1",
+            "--no-python",
+            "sh",
+            "-c",
+            "echo master=$MASTER_ADDR:$MASTER_PORT",
+        ],
+        &[],
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("master={endpoint}")
+    );
+    assert!(
+        e.contains("] --master-port 1 not used: with --rdzv-endpoint"),
+        "{e}"
+    );
+    let o = run(
+        &["--rdzv-endpoint", "localhost", "--no-python", "true"],
+        &[],
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("rrun: error: --rdzv-endpoint \"localhost\": port is missing in endpoint"),
+        "{e}"
+    );
+}
+
+#[test]
 fn pet_env_fallbacks_and_flags_winning() {
     let port = free_port().to_string();
     let o = run(

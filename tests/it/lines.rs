@@ -1,7 +1,7 @@
 //! Every line rrun and rrank write to stderr is one `write(2)`: processes sharing a
 //! terminal or pipe interleave the pieces of a line written in several calls
 //! (`eprintln!` with format arguments writes piece by piece on unbuffered stderr).
-//! Lines go through `rrun::elog!`, which formats first and writes once.
+//! Lines go through `rrun::eline!`, which formats first and writes once.
 
 use std::path::Path;
 
@@ -33,13 +33,13 @@ fn no_stderr_line_is_written_in_pieces() {
     }
     assert!(
         found.is_empty(),
-        "use rrun::elog! (one write per line) instead of:\n{}",
+        "use rrun::eline! (one write per line) instead of:\n{}",
         found.join("\n")
     );
 }
 
 #[test]
-fn elog_writes_a_line_with_arguments_once() {
+fn eline_writes_a_line_with_arguments_once() {
     struct Calls(usize, Vec<u8>);
     impl std::io::Write for Calls {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -53,7 +53,7 @@ fn elog_writes_a_line_with_arguments_once() {
     }
     let mut w = Calls(0, vec![]);
     let (rank, e) = (1, "the peer closed the connection");
-    rrun::elog::write_line_to(&mut w, format_args!("rrank: error (rank {rank}): {e}")).unwrap();
+    rrun::console::write_line(&mut w, &format!("rrank: error (rank {rank}): {e}")).unwrap();
     assert_eq!(w.0, 1);
     assert_eq!(
         w.1,

@@ -1,6 +1,7 @@
 """Failure handling, restarts, signals and exit codes of rrun, with real processes."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -156,3 +157,39 @@ def test_concurrent_standalone_jobs_do_not_collide(tmp_path):
     a = popen("rrun", ["--standalone", "--nproc-per-node", 2, "--no-python", "sleep", "1"])
     b = popen("rrun", ["--standalone", "--nproc-per-node", 2, "--no-python", "sleep", "1"])
     assert a.wait(timeout=30) == 0 and b.wait(timeout=30) == 0
+
+
+def test_root_cause_is_the_first_observed_failure_within_one_second(tmp_path):
+    # Rank 1 dies of SIGKILL, rank 0 exits 1 about 200 ms later in the same wall-clock
+    # second: torch's whole-second timestamps tie, and the tie must not go to rank 0.
+    at = int(time.time()) + 3
+    p = launch("rrun", ["--nproc-per-node", 2, "--master-port", free_port(), worker("sigkill_root.py")],
+               env=base_env(SK_AT=at), timeout=60)
+    assert p.returncode == 1, p.stderr
+    err = p.stderr
+    root = err[err.index("Root Cause (first observed failure):"):err.index("Other Failures:")]
+    others = err[err.index("Other Failures:"):]
+    assert "rank      : 1 (local_rank: 1)" in root and "exitcode  : -9 (pid:" in root, err
+    assert "Signal 9 (SIGKILL) received by PID" in root, err
+    assert "rank      : 0 (local_rank: 0)" in others and "exitcode  : 1 (pid:" in others, err
+    assert "failed (exitcode: -9) local_rank: 1" in err
+
+
+def test_rrun_lines_and_worker_lines_never_mix(tmp_path):
+    # Workers inherit rrun's stderr (no --tee/--redirects): rank 0 makes rrun's store
+    # log a line per bad connection while ranks 1 and 2 write lines as fast as they can
+    # into the same pipe. Every line must come out whole.
+    conns = 300
+    p = launch("rrun", ["--nproc-per-node", 3, "--master-port", free_port(), worker("interleave.py")],
+               env=base_env(IL_DIR=tmp_path, IL_CONNS=conns), timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    shapes = [
+        re.compile(r"worker [12] line \d+ x{60}"),
+        re.compile(r"rrun: store: closed connection from \S+: unknown command byte 238"),
+        re.compile(r"[WEI]\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ \S+\] .*"),  # rrun's torch-format log lines
+    ]
+    lines = p.stderr.splitlines()
+    broken = [line for line in lines if not any(s.fullmatch(line) for s in shapes)]
+    assert not broken, f"{len(broken)} mixed lines, e.g. {broken[:3]}"
+    assert sum(bool(shapes[1].fullmatch(line)) for line in lines) == conns
+    assert sum(bool(shapes[0].fullmatch(line)) for line in lines) > 1000, "the workers wrote concurrently"

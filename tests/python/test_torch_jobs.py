@@ -31,3 +31,17 @@ def test_two_node_static_job(node0, node1):
     assert p0.returncode == 0, err0
     assert p1.returncode == 0, err1
     assert oks(out0 + out1) == ["0/4", "1/4", "2/4", "3/4"]
+
+
+def test_static_rdzv_endpoint_is_the_workers_master():
+    # pytorch/examples' distributed/ddp run_example.sh shape: the default static backend
+    # with --rdzv_endpoint. torchrun hosts its store at the endpoint and hands workers
+    # MASTER_ADDR/MASTER_PORT from it (not --master-port's default 29500); the script
+    # then joins through env:// itself.
+    for launcher in ("torchrun", "rrun"):
+        port = free_port()
+        p = launch(launcher, ["--nnodes=1", "--nproc_per_node=2", "--rdzv_id=101", f"--rdzv_endpoint=localhost:{port}",
+                              worker("ddp_env.py")], timeout=120)
+        assert p.returncode == 0, (launcher, p.stderr[-3000:])
+        seen = sorted(re.findall(r"DDP rank (\d)/2 master (\S+) sum 3", p.stdout))
+        assert seen == [("0", f"localhost:{port}"), ("1", f"localhost:{port}")], (launcher, p.stdout)

@@ -150,7 +150,7 @@ impl Engine {
                     break Ok(());
                 }
                 if t.elapsed() >= DRAIN_TIMEOUT {
-                    crate::elog!(
+                    crate::eline!(
                         "rrank: {} requests still running {DRAIN_TIMEOUT:?} after the stop signal; ending them",
                         self.sched.num_running() + self.sched.num_waiting()
                     );
@@ -199,9 +199,9 @@ impl Engine {
         };
         let _ = comm.broadcast(&world, 0, Plan::Shutdown.encode());
         if self.steps.decode.steps + self.steps.prefill.steps > 0 {
-            crate::elog!("rrank: {}", self.steps.summary());
+            crate::eline!("rrank: {}", self.steps.summary());
             if let Some(t) = self.exec.backend.step_times() {
-                crate::elog!("rrank: {t}");
+                crate::eline!("rrank: {t}");
             }
         }
         result

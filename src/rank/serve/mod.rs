@@ -97,7 +97,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         });
         let server =
             http::spawn(state.clone(), &serve.host, serve.port).map_err(RankError::Runtime)?;
-        crate::elog!(
+        crate::eline!(
             "rrank: listening on http://{} (503 until the weights are loaded)",
             server.addr
         );
@@ -123,7 +123,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         max_model_len,
     )?;
     let blocks = kv.blocks;
-    crate::elog!("rrank: {}", kv.line);
+    crate::eline!("rrank: {}", kv.line);
     let t_kv = Instant::now();
     if let Backend::Cuda(m) = &mut backend {
         let tokens = serve.max_num_batched_tokens;
@@ -139,7 +139,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
             Backend::Cuda(m) if m.graphs.enabled => " and CUDA-graph capture",
             _ => "",
         };
-        crate::elog!(
+        crate::eline!(
             "rrank: start-up: {:.2} s to the loaded weights (libraries, checkpoint, NCCL), {:.2} s KV cache, {:.2} s warm-up{graphs}",
             (t_loaded - t_start).as_secs_f64(),
             (t_kv - t_loaded).as_secs_f64(),
@@ -202,7 +202,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
     // /metrics shows the real KV capacity from the first scrape, not zeros until a step ran.
     *stats.lock().unwrap() = eng.stats();
     state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    crate::elog!(
+    crate::eline!(
         "rrank: serving {served} on http://{addr} (max_model_len {max_model_len}, {} ranks)",
         env.world_size
     );
@@ -210,11 +210,11 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
     // Sequences still held end here, so their streams get an error event.
     drop(eng);
     if !server.shutdown(RESPONSE_GRACE) {
-        crate::elog!(
+        crate::eline!(
             "rrank: some responses were still being sent {RESPONSE_GRACE:?} after the engine stopped"
         );
     }
     result.map_err(RankError::Runtime)?;
-    crate::elog!("rrank: shut down");
+    crate::eline!("rrank: shut down");
     Ok(())
 }

@@ -242,7 +242,7 @@ impl CustomAllReduce {
             (decision, _) => {
                 if rank == 0 {
                     let r = decision.err().unwrap_or_default();
-                    crate::elog!(
+                    crate::eline!(
                         "rrank: tensor-parallel all-reduce through NCCL only (the custom P2P path is off: {r})"
                     );
                 }
@@ -256,7 +256,7 @@ impl CustomAllReduce {
         gpu.upload(own.ptr + BASES_AT as u64, &bases)?;
         gpu.sync()?;
         if rank == 0 {
-            crate::elog!(
+            crate::eline!(
                 "rrank: tensor-parallel all-reduce: custom one-shot over P2P for messages up to {} KiB among {size} GPUs, NCCL above",
                 max_bytes >> 10
             );

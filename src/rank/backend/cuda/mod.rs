@@ -627,7 +627,7 @@ impl Drop for Gpu {
         if let Some(p) = &self.profile {
             let _ = self.stream.synchronize();
             let report = p.report();
-            crate::elog!(
+            crate::eline!(
                 "rrank: kernel profile of GPU {} (RRANK_PROFILE=1, eager steps):\n{}",
                 self.ordinal,
                 report.trim_end()

@@ -1064,7 +1064,7 @@ impl CudaModel {
                 Ok(())
             }
             (run, graph) => {
-                crate::elog!(
+                crate::eline!(
                     "rrank: warning: capturing a CUDA graph of {n} tokens failed ({}); running eagerly from now on",
                     match (&run, &graph) {
                         (Err(e), _) => e.to_string(),
