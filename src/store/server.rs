@@ -4,7 +4,9 @@
 //! tokio runtime, with one task per connection. A connection must open with VALIDATE
 //! and the right magic; a bad frame (unknown command, oversize key or value, too many
 //! keys, a non-numeric ADD target) closes that connection only, dropping its WAIT.
-//! Slow or idle clients never block others. The server lives until the handle drops.
+//! Slow or idle clients never block others, nor does a client sending a large frame
+//! (it is decoded incrementally, and its reads yield to the other connections). The
+//! server lives until the handle drops.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -90,6 +92,17 @@ impl StoreServer {
     pub fn num_keys(&self) -> usize {
         self.state.lock().unwrap().num_keys()
     }
+
+    /// Number of connections with a pending WAIT (for diagnostics and tests).
+    pub fn pending_waits(&self) -> usize {
+        self.state.lock().unwrap().pending_waits()
+    }
+
+    /// Number of (key, connection) registrations of pending WAITs (for diagnostics
+    /// and tests).
+    pub fn watchers(&self) -> usize {
+        self.state.lock().unwrap().watchers()
+    }
 }
 
 impl Drop for StoreServer {
@@ -144,10 +157,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>
     }
 }
 
-/// Reads what is available into `buf`. Returns false at EOF. A short read marks the
-/// socket drained, which saves the extra `read` → EAGAIN that would otherwise
-/// precede every wait for the next request.
-async fn read_some(sock: &TcpStream, chunk: &mut [u8], buf: &mut Vec<u8>) -> io::Result<bool> {
+/// Reads what is available into `chunk`; returns how many bytes, 0 at EOF. A short
+/// read marks the socket drained, which saves the extra `read` → EAGAIN that would
+/// otherwise precede every wait for the next request.
+async fn read_some(sock: &TcpStream, chunk: &mut [u8]) -> io::Result<usize> {
     loop {
         sock.readable().await?;
         let fd = sock.as_raw_fd();
@@ -166,11 +179,7 @@ async fn read_some(sock: &TcpStream, chunk: &mut [u8], buf: &mut Vec<u8>) -> io:
         });
         match (r, got) {
             (Err(e), _) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
-            (_, Some(0)) => return Ok(false),
-            (_, Some(n)) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(true);
-            }
+            (_, Some(n)) => return Ok(n),
             (_, None) => continue, // spurious readiness
         }
     }
@@ -189,26 +198,31 @@ async fn write_all(sock: &TcpStream, mut b: &[u8]) -> io::Result<()> {
 }
 
 /// Serves one connection until EOF (`Ok`) or a protocol violation (`Err(reason)`).
+///
+/// Bytes go through the connection's incremental [`codec::Decoder`] as they arrive,
+/// so a large frame costs each read only the bytes it brought; each read spends
+/// tokio's cooperative budget, so a client streaming a large frame yields the thread
+/// to the other connections regularly.
 async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result<(), String> {
     let (outbox, mut inbox) = mpsc::unbounded_channel::<Vec<u8>>();
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut decoder = codec::Decoder::default();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     let mut validated = false;
     loop {
         tokio::select! {
-            more = read_some(&sock, &mut chunk, &mut buf) => {
-                if !more.map_err(|e| e.to_string())? {
+            got = read_some(&sock, &mut chunk) => {
+                let got = got.map_err(|e| e.to_string())?;
+                if got == 0 {
                     return Ok(());
                 }
                 out.clear();
-                let mut used = 0;
+                let mut input = &chunk[..got];
                 let result = loop {
-                    match codec::decode(&buf[used..]) {
+                    match decoder.feed(&mut input) {
                         Ok(None) => break Ok(()),
                         Err(e) => break Err(e.to_string()),
-                        Ok(Some((req, n))) => {
-                            used += n;
+                        Ok(Some(req)) => {
                             if !validated {
                                 if req != Request::Validate(codec::MAGIC) {
                                     break Err("first command is not VALIDATE with the right magic".into());
@@ -231,11 +245,16 @@ async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result
                         }
                     }
                 };
-                buf.drain(..used);
                 if !out.is_empty() {
                     write_all(&sock, &out).await.map_err(|e| e.to_string())?;
                 }
                 result?;
+                // Readiness waits do not spend the cooperative budget; this does,
+                // so a client whose bytes keep coming still yields the thread to
+                // the other connections every 128 reads. (Not inside `read_some`:
+                // a yield there could drop bytes already read when `select!`
+                // picks the other branch.)
+                tokio::task::coop::consume_budget().await;
             }
             Some(b) = inbox.recv() => {
                 write_all(&sock, &b).await.map_err(|e| e.to_string())?;
