@@ -6,51 +6,13 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::body::Body;
+pub use super::error::ApiError;
 
 use crate::rank::engine::sampler::SamplingParams;
 use crate::rank::engine::scheduler::GenRequest;
-
-/// An error answered as `{"error": {message, type, param, code}}`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    pub status: u16,
-    pub kind: &'static str,
-    pub message: String,
-    pub param: Option<String>,
-}
-
-impl ApiError {
-    pub fn bad(message: impl Into<String>, param: Option<&str>) -> ApiError {
-        ApiError {
-            status: 400,
-            kind: "BadRequestError",
-            message: message.into(),
-            param: param.map(str::to_string),
-        }
-    }
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: 404,
-            kind: "NotFoundError",
-            message: message.into(),
-            param: None,
-        }
-    }
-    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            kind,
-            message: message.into(),
-            param: None,
-        }
-    }
-    pub fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}})
-    }
-}
 
 /// Which endpoint a body is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -738,6 +700,7 @@ fn short(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// [`super::parse`] on a body given as a `Value`.
     fn parse(v: &Value, kind: Kind, served: &str) -> Result<Parsed, ApiError> {

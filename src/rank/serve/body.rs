@@ -10,7 +10,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// Most JSON values (numbers, strings, lists, objects…) one body may hold outside its
 /// token-id lists: 65,536, about 4.5 MiB as `Value`s.

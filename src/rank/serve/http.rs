@@ -13,55 +13,22 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 
 use super::api::{ApiError, Kind};
+use super::respond::{Body, error, full, json_resp};
 use super::state::AppState;
-use super::{metrics, openai, vllm};
+use super::{exposition, openai, vllm};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 16 << 20;
 
 /// Blocking threads for parsing, tokenization and response building.
 const BLOCKING_THREADS: usize = 4;
-
-pub type Body = BoxBody<Bytes, Infallible>;
-
-pub fn full(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", ctype)
-        .body(Full::new(body.into()).boxed())
-        .expect("static response parts")
-}
-
-pub fn json_resp(status: StatusCode, v: &Value) -> Response<Body> {
-    full(status, "application/json", v.to_string())
-}
-
-pub fn error(e: &ApiError) -> Response<Body> {
-    json_resp(
-        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-        &e.body(),
-    )
-}
-
-/// Runs `f` on a blocking thread.
-pub async fn offload<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(ApiError::new(
-            500,
-            "InternalServerError",
-            format!("request handler failed: {e}"),
-        ))
-    })
-}
 
 /// The running server.
 pub struct Front {
@@ -273,7 +240,7 @@ fn get(path: &str, st: &AppState) -> Response<Body> {
         "/metrics" => full(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics::render(st),
+            exposition::render(st),
         ),
         "/openapi.json" => json_resp(StatusCode::OK, &vllm::openapi(st)),
         _ => unreachable!("allowed() lists GET routes"),

@@ -1,6 +1,5 @@
-//! /metrics: the Prometheus text ([`render`]: queue, KV cache, counters, engine
-//! steps, per-rank memory) and the request-level latency histograms (vLLM's SLO set
-//! under the `rrun:` prefix): time to first token and end-to-end latency from the
+//! The request-level latency histograms of /metrics (vLLM's SLO set under the
+//! `rrun:` prefix): time to first token and end-to-end latency from the
 //! request's arrival, and inter-token latency. [`tap`] measures a request by
 //! watching its events.
 
@@ -9,8 +8,6 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use super::state::AppState;
-use crate::rank::engine::StepKind;
 use crate::rank::engine::scheduler::Event;
 
 const BUCKETS: [f64; 17] = [
@@ -114,134 +111,6 @@ pub fn tap(
             }
         }
     });
-    out
-}
-
-/// The Prometheus exposition text of /metrics.
-pub fn render(st: &AppState) -> String {
-    let s = st.stats.lock().unwrap().clone();
-    let name = &st.served;
-    let usage = if s.kv_blocks_total == 0 {
-        0.0
-    } else {
-        1.0 - s.kv_blocks_free as f64 / s.kv_blocks_total as f64
-    };
-    let mut out = String::new();
-    let mut g = |kind: &str, metric: &str, help: &str, v: String| {
-        out.push_str(&format!("# HELP rrun:{metric} {help}\n# TYPE rrun:{metric} {kind}\nrrun:{metric}{{model_name=\"{name}\"}} {v}\n"));
-    };
-    g(
-        "gauge",
-        "num_requests_running",
-        "Requests in the running batch.",
-        s.running.to_string(),
-    );
-    g(
-        "gauge",
-        "num_requests_waiting",
-        "Requests waiting to be scheduled.",
-        s.waiting.to_string(),
-    );
-    g(
-        "gauge",
-        "kv_cache_usage_perc",
-        "Fraction of KV-cache blocks in use.",
-        format!("{usage:.6}"),
-    );
-    g(
-        "gauge",
-        "kv_cache_blocks_free",
-        "Free KV-cache blocks.",
-        s.kv_blocks_free.to_string(),
-    );
-    g(
-        "gauge",
-        "kv_cache_blocks_total",
-        "All KV-cache blocks.",
-        s.kv_blocks_total.to_string(),
-    );
-    g(
-        "counter",
-        "prefix_cache_hits_total",
-        "Prompt tokens served from the prefix cache.",
-        s.prefix_cache_hits.to_string(),
-    );
-    g(
-        "counter",
-        "prefix_cache_queries_total",
-        "Prompt tokens looked up in the prefix cache.",
-        s.prefix_cache_queries.to_string(),
-    );
-    g(
-        "counter",
-        "num_preemptions_total",
-        "Sequences preempted (recomputed later).",
-        s.counters.preemptions.to_string(),
-    );
-    g(
-        "counter",
-        "request_success_total",
-        "Requests finished.",
-        s.counters.finished.to_string(),
-    );
-    g(
-        "counter",
-        "request_aborted_total",
-        "Requests aborted by their client.",
-        s.counters.aborted.to_string(),
-    );
-    g(
-        "counter",
-        "prompt_tokens_total",
-        "Prompt tokens received.",
-        s.counters.prompt_tokens.to_string(),
-    );
-    g(
-        "counter",
-        "generation_tokens_total",
-        "Tokens generated.",
-        s.counters.generation_tokens.to_string(),
-    );
-    let kinds = [("decode", &s.steps.decode), ("prefill", &s.steps.prefill)];
-    type Field = fn(&StepKind) -> String;
-    let families: [(&str, &str, Field); 4] = [
-        (
-            "engine_steps_total",
-            "Engine steps (decode: one token per sequence; prefill: with prompt chunks).",
-            |k| k.steps.to_string(),
-        ),
-        (
-            "engine_step_seconds_total",
-            "Wall time of engine steps, plan broadcast to tokens back.",
-            |k| format!("{:.6}", k.seconds),
-        ),
-        (
-            "engine_step_tokens_total",
-            "Tokens fed to the model in engine steps.",
-            |k| k.tokens.to_string(),
-        ),
-        (
-            "engine_step_seqs_total",
-            "Sequences in engine steps.",
-            |k| k.seqs.to_string(),
-        ),
-    ];
-    for (metric, help, field) in families {
-        out.push_str(&format!(
-            "# HELP rrun:{metric} {help}\n# TYPE rrun:{metric} counter\n"
-        ));
-        for (kind, k) in kinds {
-            out.push_str(&format!(
-                "rrun:{metric}{{model_name=\"{name}\",kind=\"{kind}\"}} {}\n",
-                field(k)
-            ));
-        }
-    }
-    out.push_str(&st.latency.lock().unwrap().render(name));
-    for line in st.gauges.lock().unwrap().iter() {
-        out.push_str(line);
-        out.push('\n');
-    }
     out
 }
 

@@ -1,6 +1,7 @@
 //! `rrank` serving: every rank loads its shard and sizes its KV cache; rank 0 runs
 //! the HTTP front ([`http`]: server and routing; [`openai`] and [`vllm`] routes;
-//! [`body`] reading and [`api`] validation; [`state`] shared by handlers; [`metrics`])
+//! [`body`] reading, [`api`] validation, [`error`]; [`respond`] helpers; [`state`]
+//! shared by handlers; [`exposition`] and [`metrics`] for /metrics)
 //! and the engine loop, the other ranks follow the StepPlans. SIGTERM/SIGINT on rank 0
 //! stops new requests (503), lets the ones in flight finish, then shuts every rank
 //! down; every response in flight gets its end before rank 0 exits, also when the
@@ -8,9 +9,12 @@
 
 pub mod api;
 pub mod body;
+pub mod error;
+pub mod exposition;
 pub mod http;
 pub mod metrics;
 pub mod openai;
+pub mod respond;
 pub mod state;
 pub mod vllm;
 

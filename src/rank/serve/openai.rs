@@ -5,20 +5,17 @@
 //! an error event when the engine stops before the sequence ends.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::api::{self, ApiError, Kind, Parsed};
 use super::body::Body as JsonBody;
-use super::http::{Body, json_resp, offload};
+use super::respond::{Body, body_of, json_resp, merge, offload, shut_down};
 use super::state::AppState;
 use crate::rank::engine::scheduler::{Event, Finish, StopReason};
 use crate::rank::tokenizer::TextCodec;
@@ -77,14 +74,6 @@ pub fn finish_fields(f: &Finish) -> (&'static str, Value) {
         Finish::Stop(Some(StopReason::Token(t))) => ("stop", json!(t)),
         Finish::Stop(Some(StopReason::Text(s))) => ("stop", json!(s)),
     }
-}
-
-pub fn shut_down() -> ApiError {
-    ApiError::new(
-        503,
-        "ServiceUnavailable",
-        "the server shut down before the request finished",
-    )
 }
 
 /// A request ready for the engine: its parameters and, per prompt, the token ids,
@@ -248,32 +237,6 @@ struct StreamSpec {
     /// Samples per prompt.
     n: usize,
     want_lp: bool,
-}
-
-/// The byte stream of an SSE or NDJSON response fed by `rx`.
-pub fn body_of(rx: mpsc::Receiver<Bytes>) -> Body {
-    let s = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    });
-    BodyExt::boxed(StreamBody::new(s))
-}
-
-/// Merges the events of every sequence, tagged with its choice index.
-pub fn merge(seqs: Vec<mpsc::UnboundedReceiver<Event>>) -> mpsc::UnboundedReceiver<(usize, Event)> {
-    let (merged_tx, merged) = mpsc::unbounded_channel::<(usize, Event)>();
-    for (index, mut rx) in seqs.into_iter().enumerate() {
-        let tx = merged_tx.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                if tx.send((index, ev)).is_err() {
-                    break; // the client left: dropping rx aborts the sequence
-                }
-            }
-        });
-    }
-    merged
 }
 
 fn stream(st: Arc<AppState>, spec: StreamSpec, seqs: Vec<Choice>) -> Response<Body> {

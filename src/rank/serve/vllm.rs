@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 
 use super::api::{self, ApiError, Kind, PromptIn};
 use super::body::Body as JsonBody;
-use super::http::{Body, json_resp, offload};
-use super::openai::{Prepared, body_of, merge, shut_down};
+use super::openai::Prepared;
+use super::respond::{Body, body_of, json_resp, merge, offload, shut_down};
 use super::state::AppState;
 use crate::rank::engine::scheduler::Event;
 
