@@ -7,6 +7,7 @@
 //! A block of lines (the failure summary) is one write too, up to `PIPE_BUF` bytes:
 //! the most a pipe takes atomically. A longer block is written as a few writes of
 //! whole lines, each at most `PIPE_BUF`, so that no line of it can be split either.
+//! Counts in those lines are written with [`thousands`] separators.
 
 use std::io::{self, Write};
 
@@ -77,8 +78,29 @@ macro_rules! eline {
     };
 }
 
+/// `n` with thousands separators (475,000), as rrank's lines write token counts.
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1056), "1,056");
+        assert_eq!(super::thousands(24541936), "24,541,936");
+    }
+
     use super::*;
 
     /// Records every `write` call separately.

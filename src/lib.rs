@@ -7,10 +7,12 @@
 //! - [`rank`]: rrank — placement, communicator, model, CPU backend, KV cache, engine,
 //!   HTTP serving.
 //! - [`bench`]: `rrun-bench`, the load generator.
+//! - [`host`]: this machine's GPUs, CPUs, names and ports (launcher and ranks).
 //! - [`console`]: stderr and stdout lines written whole (one `write(2)` each).
 
 pub mod bench;
 pub mod console;
+pub mod host;
 pub mod launch;
 pub mod rank;
 pub mod store;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::cli::{Cli, DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT};
-use super::devices;
+use crate::host::devices;
 
 /// A flag value that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -9,10 +9,8 @@
 
 pub mod cli;
 pub mod config;
-pub mod devices;
 pub mod env;
 pub mod logs;
-pub mod net;
 pub mod rendezvous;
 pub mod signals;
 pub mod spawn;
@@ -52,7 +50,7 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
     }
     let mut rdzv = Rendezvous::join(&cfg)?;
     let log_root = logs::LogRoot::create(&cfg).map_err(LaunchError::Setup)?;
-    let host = net::fqdn();
+    let host = crate::host::net::fqdn();
     let mut restart_count: u32 = 0;
     loop {
         let ranks = rdzv.assign_ranks(&cfg.role, cfg.nproc)?;

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::config::{Backend, Config};
 use super::env::{MasterInfo, RankInfo};
-use super::net;
+use crate::host::net;
 use crate::store::{Client, StoreError, StoreServer};
 
 /// A rendezvous that could not complete.

@@ -9,12 +9,11 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::RankError;
+use super::backend::{SeqChunk, StepSizes};
 use super::cli::{EngineArgs, GenerateArgs};
-use super::engine::executor::{Backend, step_rng};
-use super::engine::sampler::{DrawReq, SamplingParams, argmax};
 use super::kv::{BlockAllocator, BlockTable};
-use super::model::llama::SeqChunk;
-use super::startup::{self, Startup};
+use super::sampling::{DrawReq, SamplingParams, argmax, step_rng};
+use super::startup::{self, Sizing, Startup};
 
 fn io_err(e: std::io::Error) -> RankError {
     RankError::Runtime(format!("communication failed: {e}"))
@@ -51,7 +50,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
             cfg.vocab_size
         )));
     }
-    let max_len = startup::max_model_len(engine, &cfg, s.device);
+    let max_len = s.max_model_len(engine);
     if prompt.len() + args.max_tokens > max_len {
         return Err(RankError::Invalid(format!(
             "prompt ({} tokens) + --max-tokens ({}) = {} exceeds --max-model-len ({max_len})",
@@ -62,27 +61,25 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
     }
 
     let t_load = Instant::now();
-    let mut backend = startup::load_backend(engine, &mut s)?;
-    let load_s = t_load.elapsed().as_secs_f64();
     let bs = engine.block_size;
     let blocks = (prompt.len() + args.max_tokens).div_ceil(bs) + 1;
-    if let Backend::Cuda(m) = &mut backend {
-        let rows = if args.dump.is_some() { prompt.len() } else { 1 };
-        m.reserve(prompt.len(), rows, 1, 0, blocks)
-            .map_err(|e| RankError::Runtime(e.to_string()))?;
-    }
-    let kv = startup::plan_kv(
-        &mut s,
-        &mut backend,
-        Some(blocks * bs),
-        1.0,
-        bs,
-        prompt.len() + args.max_tokens,
-    )?;
-    if env.rank == 0 || args.dump.is_some() {
-        crate::eline!("rrank: {}", kv.line);
-    }
-    let mut comm = s.comm;
+    let rows = if args.dump.is_some() { prompt.len() } else { 1 };
+    let sizing = Sizing {
+        step: StepSizes {
+            tokens: prompt.len(),
+            rows,
+            seqs: 1,
+            blocks,
+        },
+        kv_tokens: Some(blocks * bs),
+        util: 1.0,
+        max_model_len: prompt.len() + args.max_tokens,
+        warm_up: None,
+        print_memory: env.rank == 0 || args.dump.is_some(),
+    };
+    let ready = s.bring_up(engine, &sizing)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let (mut comm, mut backend) = (ready.comm, ready.backend);
     let mut alloc = BlockAllocator::new(blocks, bs);
     let mut table = BlockTable::default();
     alloc.reserve(&mut table, prompt.len() + args.max_tokens);
@@ -127,7 +124,7 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
                 &mut draws,
                 all_logits || first_decode,
             )
-            .map_err(io_err)?;
+            .map_err(|e| RankError::Runtime(e.to_string()))?;
         pos += step_tokens.len();
         let mut tok_bytes = Vec::new();
         if let Some(step) = step {

@@ -1,14 +1,16 @@
 //! rrank, the rank process of a tensor/pipeline-parallel Llama-family server
-//! (shared/DESIGN.md): every rank validates, connects, loads its shard on its device
-//! and runs the steps; rank 0 also serves HTTP and schedules.
+//! (docs/ARCHITECTURE.md): every rank validates, connects, loads its shard on its
+//! device and runs the steps; rank 0 also serves HTTP and schedules.
 //!
+//! - [`startup`] — the one start-up path (device → weights → KV sizing → warm-up)
 //! - [`dist`] — env contract, TP × PP placement, the `Comm` trait (a TCP mesh: the
 //!   control plane, and all collectives on CPU)
-//! - [`model`] — config.json + validation, safetensors shards, the sharded Llama forward (CPU)
-//! - [`backend`] — f32 CPU kernels; the CUDA backend (its own sharded model, NCCL)
+//! - [`model`] — the model as data: config.json, checkpoint, shard, weights recipe
+//! - [`backend`] — the `Backend` trait; the CPU reference and the CUDA backend
 //! - [`kv`] — the paged KV cache and block allocator
-//! - [`engine`] — scheduler, StepPlan, executor (over either backend), sampler
-//! - [`serve`] — the HTTP server; [`generate`] — one prompt offline; [`startup`] — the order of it all
+//! - [`sampling`] — sampling parameters and the seeded draws both backends make
+//! - [`engine`] — scheduler, StepPlan, executor (over any backend)
+//! - [`serve`] — the HTTP server; [`generate`] — one prompt offline
 
 pub mod backend;
 pub mod cli;
@@ -17,6 +19,7 @@ pub mod engine;
 pub mod generate;
 pub mod kv;
 pub mod model;
+pub mod sampling;
 pub mod serve;
 pub mod startup;
 pub mod tokenizer;

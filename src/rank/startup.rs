@@ -1,27 +1,29 @@
-//! rrank's start-up, in DESIGN.md's order: env contract, flags, validation of
-//! placement and checkpoint (headers only — no weight is read before everything
-//! checks out), the GPU (libraries, one rank per GPU, kernels), then the store and
-//! the communicator, then this rank's weights on its device.
+//! rrank's one start-up path, used by the server and `rrank generate` alike, in the
+//! order vLLM's worker uses. [`prepare`]: the env contract, validation of placement and
+//! checkpoint (headers only: no weight is read before everything checks out), the
+//! device (libraries, one rank per GPU, kernels), the tokenizer, the store and the
+//! communicator. [`Startup::bring_up`]: this rank's weights on its device, the step
+//! buffers, the KV cache sized and agreed by every rank, the warm-up.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use super::RankError;
 use super::backend::cuda::libs::{self, Lib};
-use super::backend::cuda::model::CudaModel;
-use super::backend::cuda::{DType, Gpu, GpuError};
+use super::backend::cuda::{DType, Gpu, GpuError, gib};
+use super::backend::{self, Backend, BackendError, Device, Options, StepSizes};
 use super::cli::EngineArgs;
 use super::dist::tcp::TcpComm;
 use super::dist::{Comm, Placement, RankEnv, Solo};
-use super::engine::executor::Backend;
 use super::model::checkpoint::Checkpoint;
 use super::model::config::ModelConfig;
-use super::model::llama::RankModel;
 use super::tokenizer::TextCodec;
+use crate::console::thousands;
 use crate::store::{Client, StoreServer};
 
-/// Where the model runs.
+/// The device kind a rank computes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
+pub enum DeviceKind {
     Cpu,
     Cuda(DType),
 }
@@ -33,12 +35,48 @@ pub struct Startup {
     pub cfg: ModelConfig,
     pub codec: Option<TextCodec>,
     pub comm: Box<dyn Comm>,
-    pub device: Device,
+    pub device: DeviceKind,
+    /// The checkpoint, opened and validated once.
+    ckpt: Checkpoint,
     /// This rank's GPU, opened and with its kernels loaded (CUDA only).
-    pub gpu: Option<Gpu>,
+    gpu: Option<Gpu>,
     /// The job's store (multi-rank only), for the NCCL ids.
-    pub store: Option<Client>,
+    store: Option<Client>,
     /// The store this rank hosts when no launcher does (rank 0 only).
+    server: Option<StoreServer>,
+    /// When start-up began.
+    t0: Instant,
+}
+
+/// What a mode needs sized before it runs.
+pub struct Sizing {
+    /// The largest step.
+    pub step: StepSizes,
+    /// KV-cache capacity in tokens; `None`: what the device's memory leaves (GPU) or
+    /// the CPU default.
+    pub kv_tokens: Option<usize>,
+    /// Share of the GPU's memory rrank may use.
+    pub util: f64,
+    /// One sequence of this length must fit in the cache.
+    pub max_model_len: usize,
+    /// Prefill chunk sizes and the most sequences of a decode step to warm up (none:
+    /// no warm-up).
+    pub warm_up: Option<(Vec<usize>, usize)>,
+    /// Write this rank's memory line once the cache is allocated.
+    pub print_memory: bool,
+}
+
+/// A rank ready to run steps.
+pub struct Ready {
+    pub env: RankEnv,
+    pub place: Placement,
+    pub cfg: ModelConfig,
+    pub comm: Box<dyn Comm>,
+    pub backend: Box<dyn Backend>,
+    pub kv: KvPlan,
+    /// Seconds from the start to the loaded weights, then the KV cache, then the warm-up.
+    pub times: [f64; 3],
+    /// The store this rank hosts when no launcher does (kept alive while running).
     pub _server: Option<StoreServer>,
 }
 
@@ -50,18 +88,22 @@ fn model_dir(engine: &EngineArgs) -> Result<PathBuf, RankError> {
 }
 
 fn gpu_err(e: GpuError) -> RankError {
+    backend_err(e.into())
+}
+
+fn backend_err(e: BackendError) -> RankError {
     match e {
-        GpuError::Setup(m) => RankError::Invalid(m),
-        GpuError::Run(m) => RankError::Runtime(m),
+        BackendError::Setup(m) => RankError::Invalid(m),
+        e => RankError::Runtime(e.to_string()),
     }
 }
 
 /// `--device` and `--dtype` resolved against the machine and the checkpoint.
-fn resolve_device(engine: &EngineArgs, ckpt: &Checkpoint) -> Result<Device, RankError> {
+fn resolve_device(engine: &EngineArgs, ckpt: &Checkpoint) -> Result<DeviceKind, RankError> {
     let cuda = match engine.device.as_str() {
         "cpu" => false,
         "cuda" => true,
-        _ => libs::available(Lib::Driver) && crate::launch::devices::visible_gpu_count() > 0,
+        _ => libs::available(Lib::Driver) && crate::host::devices::visible_gpu_count() > 0,
     };
     let stored = ckpt
         .meta("model.embed_tokens.weight")
@@ -81,9 +123,9 @@ fn resolve_device(engine: &EngineArgs, ckpt: &Checkpoint) -> Result<Device, Rank
                 engine.dtype
             )));
         }
-        return Ok(Device::Cpu);
+        return Ok(DeviceKind::Cpu);
     }
-    Ok(Device::Cuda(dtype))
+    Ok(DeviceKind::Cuda(dtype))
 }
 
 /// Publishes this rank's GPU and refuses when two ranks would share one.
@@ -98,7 +140,7 @@ fn check_gpu_sharing(store: &mut Client, env: &RankEnv, gpu: &Gpu) -> Result<(),
                 .collect::<String>()
         })
         .map_err(|e| RankError::Runtime(format!("GPU uuid: {e:?}")))?;
-    let host = crate::launch::net::hostname();
+    let host = crate::host::net::hostname();
     let me = format!("{host} {uuid}");
     let key = |r: usize| format!("rrank/{}/gpu/{r}", env.attempt);
     store
@@ -124,6 +166,7 @@ fn check_gpu_sharing(store: &mut Client, env: &RankEnv, gpu: &Gpu) -> Result<(),
 
 /// Validates everything that can be validated without weights, then connects.
 pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, RankError> {
+    let t0 = Instant::now();
     let env = RankEnv::from_env().map_err(RankError::Invalid)?;
     let dir = model_dir(engine)?;
     let cfg = ModelConfig::load(&dir)?;
@@ -136,8 +179,8 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
     ckpt.validate(&cfg)?;
     let device = resolve_device(engine, &ckpt)?;
     let gpu = match device {
-        Device::Cpu => None,
-        Device::Cuda(_) => {
+        DeviceKind::Cpu => None,
+        DeviceKind::Cuda(_) => {
             if env.world_size > 1 {
                 // Before any store or thread: this may re-execute rrank.
                 libs::ensure(&[Lib::Nccl]).map_err(RankError::Invalid)?;
@@ -212,32 +255,12 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
         codec,
         comm,
         device,
+        ckpt,
         gpu,
         store: kept_store,
-        _server: server,
+        server,
+        t0,
     })
-}
-
-/// The effective --max-model-len: the model's max_position_embeddings (at most 4096
-/// on CPU, where the KV cache is small).
-pub fn max_model_len(engine: &EngineArgs, cfg: &ModelConfig, device: Device) -> usize {
-    engine.max_model_len.unwrap_or(match device {
-        Device::Cpu => cfg.max_position_embeddings.min(4096),
-        Device::Cuda(_) => cfg.max_position_embeddings,
-    })
-}
-
-/// `n` with thousands separators (475,000).
-pub fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The KV cache, sized and agreed by every rank, with this rank's memory report.
@@ -246,181 +269,168 @@ pub struct KvPlan {
     pub kv_bytes: usize,
     /// The start-up line ("rank 1 [tp 1/2 pp 0/1] GPU 1 H100: weights …").
     pub line: String,
-    /// Figures for /metrics: weight_bytes, kv_bytes, kv_tokens, workspace_bytes, used_bytes.
+    /// Figures for /metrics: rank, weight_bytes, kv_bytes, kv_tokens and, on GPU,
+    /// workspace_bytes, used_bytes, total_bytes.
     pub report: serde_json::Value,
 }
 
-/// Sizes the KV cache: `tokens` when given (the CPU default is 16384), else on GPU
-/// what `--gpu-memory-utilization` leaves after weights and workspace. Every rank
-/// takes the smallest count of any rank, allocates it, and refuses with the numbers
-/// when one `max_model_len` sequence does not fit.
-pub fn plan_kv(
-    s: &mut Startup,
-    backend: &mut Backend,
-    tokens: Option<usize>,
-    util: f64,
-    block_size: usize,
-    max_model_len: usize,
-) -> Result<KvPlan, RankError> {
-    let place = s.place;
-    let block_bytes = backend.kv_block_bytes(block_size).max(1);
-    let mut budget_note = String::new();
-    let mine = match (tokens, &*backend) {
-        (Some(t), _) => t.div_ceil(block_size),
-        (None, Backend::Cpu { .. }) => 16384usize.div_ceil(block_size),
-        (None, Backend::Cuda(m)) => {
-            if !(util > 0.0 && util <= 1.0) {
-                return Err(RankError::Invalid(format!(
-                    "--gpu-memory-utilization {util} must be in (0, 1]"
-                )));
+impl Startup {
+    /// The effective --max-model-len: the model's max_position_embeddings (at most
+    /// 4096 on CPU, where the KV cache is small).
+    pub fn max_model_len(&self, engine: &EngineArgs) -> usize {
+        engine.max_model_len.unwrap_or(match self.device {
+            DeviceKind::Cpu => self.cfg.max_position_embeddings.min(4096),
+            DeviceKind::Cuda(_) => self.cfg.max_position_embeddings,
+        })
+    }
+
+    /// Brings the rank up for `sizing`: its weights on its device (on GPU joining the
+    /// NCCL groups), the step buffers, the KV cache, then the warm-up. Every rank calls
+    /// it with the same sizing: the collectives inside must match.
+    pub fn bring_up(mut self, engine: &EngineArgs, sizing: &Sizing) -> Result<Ready, RankError> {
+        let weights = self.ckpt.map()?;
+        let device = match self.gpu.take() {
+            None => {
+                let threads = engine.threads.unwrap_or_else(|| {
+                    (crate::host::devices::cpu_count() / self.env.local_world_size.max(1)).max(1)
+                });
+                let _ = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build_global();
+                Device::Cpu { threads }
             }
-            let (free, total) = m.gpu.mem_info().map_err(gpu_err)?;
-            let used = total - free;
-            let budget = (util * total as f64) as i64 - used as i64;
-            budget_note = format!(
-                " (GPU {} {}: {:.1} GiB of {:.1} GiB in use before the cache, --gpu-memory-utilization {util})",
-                m.gpu.ordinal,
-                m.gpu.name,
-                crate::rank::backend::cuda::gib(used),
-                crate::rank::backend::cuda::gib(total)
+            Some(gpu) => {
+                let DeviceKind::Cuda(dtype) = self.device else {
+                    unreachable!("a GPU is opened for CUDA only")
+                };
+                Device::Cuda { gpu, dtype }
+            }
+        };
+        let cuda = matches!(device, Device::Cuda { .. });
+        let opts = Options {
+            block_size: engine.block_size,
+            enforce_eager: engine.enforce_eager,
+        };
+        let mut backend = backend::open(
+            device,
+            &self.cfg,
+            &weights,
+            self.place,
+            &opts,
+            self.store.as_mut(),
+            self.env.attempt,
+        )
+        .map_err(backend_err)?;
+        drop(weights);
+        if cuda && self.env.rank == 0 && self.env.world_size > 1 {
+            let v = super::backend::cuda::nccl::Nccl::version().unwrap_or(0);
+            crate::eline!(
+                "rrank: NCCL {}.{}.{} through the store (LD_LIBRARY_PATH={})",
+                v / 10000,
+                v / 100 % 100,
+                v % 100,
+                std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
             );
-            (budget.max(0) as usize) / block_bytes
         }
-    };
-    let world: Vec<usize> = (0..s.env.world_size).collect();
-    let all = s
-        .comm
-        .all_gather(&world, &[mine as f32])
-        .map_err(|e| RankError::Runtime(format!("agreeing on the KV cache size: {e}")))?;
-    let (low_rank, blocks) = all
-        .iter()
-        .enumerate()
-        .map(|(r, v)| (r, v[0] as usize))
-        .min_by_key(|(_, b)| *b)
-        .unwrap_or((s.env.rank, mine));
-    if blocks * block_size < max_model_len {
-        return Err(RankError::Invalid(format!(
-            "one --max-model-len {max_model_len} sequence needs {} KV tokens ({:.2} GiB on each rank) but rank {low_rank} has room for {}{}; lower --max-model-len, raise --gpu-memory-utilization or --kv-cache-tokens, or spread the model over more GPUs (-tp/-pp)",
-            thousands(max_model_len),
-            crate::rank::backend::cuda::gib(max_model_len.div_ceil(block_size) * block_bytes),
-            thousands(blocks * block_size),
-            if low_rank == s.env.rank {
-                budget_note.clone()
-            } else {
-                String::new()
-            }
-        )));
+        let t_loaded = Instant::now();
+        // The step buffers are sized for the largest step before the cache takes the rest.
+        backend.reserve(sizing.step).map_err(backend_err)?;
+        let kv = self.plan_kv(backend.as_mut(), sizing, engine.block_size)?;
+        if sizing.print_memory {
+            crate::eline!("rrank: {}", kv.line);
+        }
+        let t_kv = Instant::now();
+        if let Some((prefill, seqs)) = &sizing.warm_up {
+            backend.warm_up(prefill, *seqs).map_err(backend_err)?;
+        }
+        Ok(Ready {
+            times: [
+                (t_loaded - self.t0).as_secs_f64(),
+                (t_kv - t_loaded).as_secs_f64(),
+                t_kv.elapsed().as_secs_f64(),
+            ],
+            env: self.env,
+            place: self.place,
+            cfg: self.cfg,
+            comm: self.comm,
+            backend,
+            kv,
+            _server: self.server,
+        })
     }
-    let kv_bytes = backend
-        .alloc_kv(blocks, block_size)
-        .map_err(RankError::Invalid)?;
-    let weight_bytes = backend.weight_bytes();
-    let where_ = format!(
-        "rank {} [tp {}/{} pp {}/{}]",
-        s.env.rank,
-        place.tp_rank(),
-        place.tp,
-        place.pp_rank(),
-        place.pp
-    );
-    let mib = |b: usize| b as f64 / 1048576.0;
-    let (line, report) = match &*backend {
-        Backend::Cpu { .. } => (
-            format!(
-                "{where_} cpu: weights {:.1} MiB, KV cache {:.1} MiB = {} tokens",
-                mib(weight_bytes),
-                mib(kv_bytes),
-                thousands(blocks * block_size)
+
+    /// Sizes the KV cache: `sizing.kv_tokens` when given, else what the device's memory
+    /// leaves under `--gpu-memory-utilization` (the CPU default without a budget).
+    /// Every rank takes the smallest count of any rank, allocates it, and refuses with
+    /// the numbers when one `max_model_len` sequence does not fit.
+    fn plan_kv(
+        &mut self,
+        backend: &mut dyn Backend,
+        sizing: &Sizing,
+        block_size: usize,
+    ) -> Result<KvPlan, RankError> {
+        let (place, util) = (self.place, sizing.util);
+        let block_bytes = backend.kv_block_bytes().max(1);
+        let mut budget_note = String::new();
+        let mine = match sizing.kv_tokens {
+            Some(t) => t.div_ceil(block_size),
+            None => match backend.kv_room(util).map_err(backend_err)? {
+                None => backend::cpu::DEFAULT_KV_TOKENS.div_ceil(block_size),
+                Some((blocks, note)) => {
+                    if !(util > 0.0 && util <= 1.0) {
+                        return Err(RankError::Invalid(format!(
+                            "--gpu-memory-utilization {util} must be in (0, 1]"
+                        )));
+                    }
+                    budget_note = note;
+                    blocks
+                }
+            },
+        };
+        let world: Vec<usize> = (0..self.env.world_size).collect();
+        let all = self
+            .comm
+            .all_gather(&world, &[mine as f32])
+            .map_err(|e| RankError::Runtime(format!("agreeing on the KV cache size: {e}")))?;
+        let (low_rank, blocks) = all
+            .iter()
+            .enumerate()
+            .map(|(r, v)| (r, v[0] as usize))
+            .min_by_key(|(_, b)| *b)
+            .unwrap_or((self.env.rank, mine));
+        let max_model_len = sizing.max_model_len;
+        if blocks * block_size < max_model_len {
+            return Err(RankError::Invalid(format!(
+                "one --max-model-len {max_model_len} sequence needs {} KV tokens ({:.2} GiB on each rank) but rank {low_rank} has room for {}{}; lower --max-model-len, raise --gpu-memory-utilization or --kv-cache-tokens, or spread the model over more GPUs (-tp/-pp)",
+                thousands(max_model_len),
+                gib(max_model_len.div_ceil(block_size) * block_bytes),
+                thousands(blocks * block_size),
+                if low_rank == self.env.rank {
+                    budget_note.as_str()
+                } else {
+                    ""
+                }
+            )));
+        }
+        let kv_bytes = backend.alloc_kv(blocks).map_err(backend_err)?;
+        let mem = backend
+            .memory(kv_bytes, blocks * block_size)
+            .map_err(backend_err)?;
+        let mut report = mem.figures;
+        report["rank"] = serde_json::json!(self.env.rank);
+        Ok(KvPlan {
+            blocks,
+            kv_bytes,
+            line: format!(
+                "rank {} [tp {}/{} pp {}/{}] {}",
+                self.env.rank,
+                place.tp_rank(),
+                place.tp,
+                place.pp_rank(),
+                place.pp,
+                mem.line
             ),
-            serde_json::json!({"rank": s.env.rank, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes,
-                "kv_tokens": blocks * block_size}),
-        ),
-        Backend::Cuda(m) => {
-            let (free, total) = m.gpu.mem_info().map_err(gpu_err)?;
-            let g = crate::rank::backend::cuda::gib;
-            (
-                format!(
-                    "{where_} GPU {} {} ({}): weights {:.1} GiB, KV cache {:.1} GiB = {} tokens, workspace {:.2} GiB, free {:.1} GiB",
-                    m.gpu.ordinal,
-                    m.gpu.name,
-                    m.dt.name(),
-                    g(weight_bytes),
-                    g(kv_bytes),
-                    thousands(blocks * block_size),
-                    g(m.workspace_bytes()),
-                    g(free)
-                ),
-                serde_json::json!({"rank": s.env.rank, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes,
-                    "kv_tokens": blocks * block_size, "workspace_bytes": m.workspace_bytes(),
-                    "used_bytes": total - free, "total_bytes": total}),
-            )
-        }
-    };
-    Ok(KvPlan {
-        blocks,
-        kv_bytes,
-        line,
-        report,
-    })
-}
-
-/// Loads this rank's slices onto its device (the checkpoint was validated by
-/// [`prepare`]); on GPU this also joins the NCCL groups.
-pub fn load_backend(engine: &EngineArgs, s: &mut Startup) -> Result<Backend, RankError> {
-    let dir = model_dir(engine)?;
-    let ckpt = Checkpoint::open(&dir)?;
-    let weights = ckpt.map()?;
-    match s.device {
-        Device::Cpu => {
-            let threads = engine.threads.unwrap_or_else(|| {
-                (crate::launch::devices::cpu_count() / s.env.local_world_size.max(1)).max(1)
-            });
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build_global();
-            Ok(Backend::Cpu {
-                model: Box::new(RankModel::load(s.cfg.clone(), &weights, s.place, threads)),
-                kv: None,
-            })
-        }
-        Device::Cuda(dt) => {
-            let gpu = s.gpu.take().expect("prepare opened the GPU");
-            let m = CudaModel::load(
-                gpu,
-                s.cfg.clone(),
-                &weights,
-                s.place,
-                dt,
-                engine.block_size,
-                s.store.as_mut(),
-                s.env.attempt,
-            )
-            .map_err(gpu_err)?;
-            let mut m = m;
-            // Kernel timing (RRANK_PROFILE=1) times eager launches only.
-            m.graphs.enabled = !engine.enforce_eager && m.gpu.profile.is_none();
-            if s.env.rank == 0 && s.env.world_size > 1 {
-                let v = super::backend::cuda::nccl::Nccl::version().unwrap_or(0);
-                crate::eline!(
-                    "rrank: NCCL {}.{}.{} through the store (LD_LIBRARY_PATH={})",
-                    v / 10000,
-                    v / 100 % 100,
-                    v % 100,
-                    std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
-                );
-            }
-            Ok(Backend::Cuda(Box::new(m)))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(super::thousands(0), "0");
-        assert_eq!(super::thousands(999), "999");
-        assert_eq!(super::thousands(1056), "1,056");
-        assert_eq!(super::thousands(24541936), "24,541,936");
+            report,
+        })
     }
 }

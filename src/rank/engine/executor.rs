@@ -2,134 +2,28 @@
 //! sequences, and on the sampling rank draw each sequence's next token (seeded per
 //! request and step, so a draw never depends on the batch) and send them to rank 0.
 
-use std::io;
-
 use super::plan::{Plan, PlanSeq};
-use super::sampler::{DrawReq, Rng, Sampled};
-use crate::rank::backend::cuda::model::CudaModel;
+use crate::rank::backend::{Backend, BackendError, SeqChunk};
 use crate::rank::dist::Comm;
-use crate::rank::kv::{BlockTable, KvCache};
-use crate::rank::model::llama::{RankModel, SeqChunk};
+use crate::rank::kv::BlockTable;
+use crate::rank::sampling::{DrawReq, Sampled, step_rng};
 
-/// The model on its device, with its KV cache.
-pub enum Backend {
-    Cpu {
-        model: Box<RankModel>,
-        kv: Option<KvCache>,
-    },
-    Cuda(Box<CudaModel>),
-}
-
-/// What a step yields on the sampling rank.
-pub struct StepOut {
-    pub sampled: Vec<Sampled>,
-    /// Every logits row as f32 `[rows, vocab]`, when asked for.
-    pub logits: Option<Vec<f32>>,
-}
-
-impl Backend {
-    /// Where this rank's step time went on the GPU backend (host preparation,
-    /// launches, waiting for the GPU and sampling), for the shutdown log.
-    pub fn step_times(&self) -> Option<String> {
-        match self {
-            Backend::Cuda(m) => m.step_times(),
-            _ => None,
-        }
-    }
-
-    /// Bytes of weights this rank holds.
-    pub fn weight_bytes(&self) -> usize {
-        match self {
-            Backend::Cpu { model, .. } => model.weight_bytes(),
-            Backend::Cuda(m) => m.weight_bytes,
-        }
-    }
-
-    /// Bytes of one KV block across this rank's layers.
-    pub fn kv_block_bytes(&self, block_size: usize) -> usize {
-        match self {
-            Backend::Cpu { model, .. } => KvCache::block_bytes(
-                model.num_local_layers(),
-                block_size,
-                model.kv_heads(),
-                model.cfg.head_dim,
-            ),
-            Backend::Cuda(m) => m.kv_block_bytes(),
-        }
-    }
-
-    /// Allocates a KV cache of `blocks` blocks; returns its bytes.
-    pub fn alloc_kv(&mut self, blocks: usize, block_size: usize) -> Result<usize, String> {
-        let bytes = self.kv_block_bytes(block_size) * blocks;
-        match self {
-            Backend::Cpu { model, kv } => {
-                *kv = Some(KvCache::new(
-                    model.num_local_layers(),
-                    blocks,
-                    block_size,
-                    model.kv_heads(),
-                    model.cfg.head_dim,
-                ));
-                Ok(bytes)
-            }
-            Backend::Cuda(m) => m.alloc_kv(blocks).map_err(|e| e.to_string()),
-        }
-    }
-
-    /// Runs one step: this rank's part of the forward over `chunks`, then, on the
-    /// sampling rank, the draws (and every row's logits with `want_logits`).
-    pub fn step(
-        &mut self,
-        comm: &mut dyn Comm,
-        chunks: &[SeqChunk<'_>],
-        draws: &mut [DrawReq<'_>],
-        want_logits: bool,
-    ) -> io::Result<Option<StepOut>> {
-        match self {
-            Backend::Cpu { model, kv } => {
-                let kv = kv
-                    .as_mut()
-                    .expect("KV cache allocated before the first step");
-                let logits = model.forward(comm, kv, chunks)?;
-                if comm.rank() != model.place.sampler() {
-                    return Ok(None);
-                }
-                let logits = logits.expect("the sampling rank is on the last stage");
-                let v = model.cfg.vocab_size;
-                let sampled = draws
-                    .iter_mut()
-                    .map(|d| d.on_host(&logits[d.row * v..(d.row + 1) * v]))
-                    .collect();
-                Ok(Some(StepOut {
-                    sampled,
-                    logits: want_logits.then_some(logits),
-                }))
-            }
-            Backend::Cuda(m) => {
-                let sampler = comm.rank() == m.place.sampler();
-                m.step(chunks, draws, want_logits, sampler)
-                    .map_err(|e| io::Error::other(e.to_string()))
-            }
-        }
-    }
-
-    /// The sampling rank of this placement.
-    pub fn sampler(&self) -> usize {
-        match self {
-            Backend::Cpu { model, .. } => model.place.sampler(),
-            Backend::Cuda(m) => m.place.sampler(),
-        }
-    }
+/// Why a rank's step loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("step failed: {0}")]
+    Step(#[from] BackendError),
+    #[error("lost rank 0: {0}")]
+    LostLeader(std::io::Error),
+    #[error("{0}")]
+    Plan(String),
 }
 
 /// A rank's model and cache.
 pub struct Executor {
-    pub backend: Backend,
-}
-
-/// The draw generator for `seed` at generation step `step`.
-pub fn step_rng(seed: u64, step: u32) -> Rng {
-    Rng::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    pub backend: Box<dyn Backend>,
+    /// The rank that samples (TP rank 0 of the last stage).
+    pub sampler: usize,
 }
 
 impl Executor {
@@ -139,7 +33,7 @@ impl Executor {
         &mut self,
         comm: &mut dyn Comm,
         seqs: &[PlanSeq],
-    ) -> io::Result<Option<Vec<Sampled>>> {
+    ) -> Result<Option<Vec<Sampled>>, BackendError> {
         let tables: Vec<BlockTable> = seqs.iter().map(|s| BlockTable(s.blocks.clone())).collect();
         let chunks: Vec<SeqChunk<'_>> = seqs
             .iter()
@@ -170,7 +64,7 @@ impl Executor {
             row += 1;
         }
         let out = self.backend.step(comm, &chunks, &mut draws, false)?;
-        let sampler = self.backend.sampler();
+        let sampler = self.sampler;
         let rank = comm.rank();
         let mut drawn = Vec::new();
         if rank == sampler {
@@ -184,24 +78,24 @@ impl Executor {
         }
         if sampler != 0 {
             let b = comm.recv(sampler)?;
-            drawn = postcard::from_bytes(&b)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            drawn = postcard::from_bytes(&b).map_err(|e| {
+                BackendError::Comm(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            })?;
         }
         Ok(Some(drawn))
     }
 
     /// The loop of every rank but 0: receive a plan, execute it, until Shutdown.
-    pub fn follow(&mut self, comm: &mut dyn Comm) -> Result<(), String> {
+    pub fn follow(&mut self, comm: &mut dyn Comm) -> Result<(), ExecError> {
         let world: Vec<usize> = (0..comm.world()).collect();
         loop {
             let b = comm
                 .broadcast(&world, 0, vec![])
-                .map_err(|e| format!("lost rank 0: {e}"))?;
-            match Plan::decode(&b)? {
+                .map_err(ExecError::LostLeader)?;
+            match Plan::decode(&b).map_err(|e| ExecError::Plan(e.to_string()))? {
                 Plan::Shutdown => return Ok(()),
                 Plan::Step(seqs) => {
-                    self.step(comm, &seqs)
-                        .map_err(|e| format!("step failed: {e}"))?;
+                    self.step(comm, &seqs)?;
                 }
             }
         }

@@ -5,7 +5,6 @@
 
 pub mod executor;
 pub mod plan;
-pub mod sampler;
 pub mod scheduler;
 
 use std::sync::Arc;
@@ -211,7 +210,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rank::engine::sampler::SamplingParams;
+    use crate::rank::sampling::SamplingParams;
 
     fn seq(tokens: usize) -> plan::PlanSeq {
         plan::PlanSeq {

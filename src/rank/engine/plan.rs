@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::sampler::SamplingParams;
+use crate::rank::sampling::SamplingParams;
 
 /// One sequence's part of a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

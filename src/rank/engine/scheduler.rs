@@ -14,8 +14,8 @@ use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::plan::PlanSeq;
-use super::sampler::{Sampled, SamplingParams};
 use crate::rank::kv::{BlockAllocator, BlockTable};
+use crate::rank::sampling::{Sampled, SamplingParams};
 use crate::rank::tokenizer::{Detokenizer, TextCodec};
 
 /// A generation request as the engine sees it (already tokenized and validated).

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use super::config::{ModelConfig, ValidationError};
-use crate::rank::backend::cpu::Mat;
+use super::recipe::{self, Cut, Piece};
 
 /// One tensor's header entry.
 #[derive(Debug, Clone)]
@@ -168,41 +168,7 @@ impl Checkpoint {
 
     /// Checks every tensor the config implies: present, the expected shape, a float dtype.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<(), ValidationError> {
-        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
-        let mut want: Vec<(String, Vec<usize>)> = vec![
-            ("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h]),
-            ("model.norm.weight".into(), vec![h]),
-        ];
-        if !cfg.tie_word_embeddings || self.tensors.contains_key("lm_head.weight") {
-            want.push(("lm_head.weight".into(), vec![cfg.vocab_size, h]));
-        }
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let mut add = |n: &str, s: Vec<usize>| want.push((format!("{p}.{n}"), s));
-            add("input_layernorm.weight", vec![h]);
-            add("post_attention_layernorm.weight", vec![h]);
-            add("self_attn.q_proj.weight", vec![q, h]);
-            add("self_attn.k_proj.weight", vec![kv, h]);
-            add("self_attn.v_proj.weight", vec![kv, h]);
-            add("self_attn.o_proj.weight", vec![h, q]);
-            add("mlp.gate_proj.weight", vec![i, h]);
-            add("mlp.up_proj.weight", vec![i, h]);
-            add("mlp.down_proj.weight", vec![h, i]);
-            if cfg.qkv_bias {
-                add("self_attn.q_proj.bias", vec![q]);
-                add("self_attn.k_proj.bias", vec![kv]);
-                add("self_attn.v_proj.bias", vec![kv]);
-            }
-            if cfg.o_bias {
-                add("self_attn.o_proj.bias", vec![h]);
-            }
-            if cfg.mlp_bias {
-                add("mlp.gate_proj.bias", vec![i]);
-                add("mlp.up_proj.bias", vec![i]);
-                add("mlp.down_proj.bias", vec![h]);
-            }
-        }
+        let want = recipe::checkpoint_tensors(cfg, self.tensors.contains_key("lm_head.weight"));
         for (name, shape) in &want {
             let Some(m) = self.tensors.get(name) else {
                 let hint = if self.tensors.keys().any(|k| {
@@ -278,7 +244,7 @@ pub struct Weights<'a> {
     maps: Vec<Mmap>,
 }
 
-fn to_f32(dtype: &str, bytes: &[u8], out: &mut Vec<f32>) {
+pub fn to_f32(dtype: &str, bytes: &[u8], out: &mut Vec<f32>) {
     match dtype {
         "F32" => out.extend(
             bytes
@@ -323,41 +289,6 @@ impl Weights<'_> {
         out
     }
 
-    /// Rows `[r0, r1)` as a weight matrix: bf16 stays bf16, other dtypes become f32.
-    pub fn rows_mat(&self, name: &str, r0: usize, r1: usize) -> Mat {
-        let (m, b, es) = self.raw(name);
-        let row: usize = m.shape[1..].iter().product();
-        let bytes = &b[r0 * row * es..r1 * row * es];
-        match m.dtype.as_str() {
-            "BF16" => Mat::Bf16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            _ => Mat::F32(self.rows(name, r0, r1)),
-        }
-    }
-
-    /// Columns `[c0, c1)` as a weight matrix `[rows, c1 - c0]`.
-    pub fn cols_mat(&self, name: &str, c0: usize, c1: usize) -> Mat {
-        let (m, b, es) = self.raw(name);
-        if m.dtype != "BF16" {
-            return Mat::F32(self.cols(name, c0, c1));
-        }
-        let (rows, cols) = (m.shape[0], m.shape[1]);
-        let mut out = Vec::with_capacity(rows * (c1 - c0));
-        for r in 0..rows {
-            let base = r * cols * es;
-            out.extend(
-                b[base + c0 * es..base + c1 * es]
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
-            );
-        }
-        Mat::Bf16(out)
-    }
-
     /// Columns `[c0, c1)` of a 2-D tensor, row-major f32 of shape `[rows, c1 - c0]`.
     pub fn cols(&self, name: &str, c0: usize, c1: usize) -> Vec<f32> {
         let (m, b, es) = self.raw(name);
@@ -395,6 +326,21 @@ impl Weights<'_> {
                 dst.copy_from_slice(&b[base + c0 * es..base + c1 * es]);
             });
         (&m.dtype, Cow::Owned(out))
+    }
+
+    /// The bytes of one recipe piece as stored: (safetensors dtype, row-major bytes).
+    pub fn read(&self, p: &Piece) -> (&str, Cow<'_, [u8]>) {
+        match p.cut {
+            Cut::All => {
+                let (m, b, _) = self.raw(&p.name);
+                (&m.dtype, Cow::Borrowed(b))
+            }
+            Cut::Rows(a, b) => {
+                let (d, bytes) = self.rows_raw(&p.name, a, b);
+                (d, Cow::Borrowed(bytes))
+            }
+            Cut::Cols(a, b) => self.cols_raw(&p.name, a, b),
+        }
     }
 
     /// Rows of the tensor (the first dimension; 1 for scalars).

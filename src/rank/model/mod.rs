@@ -1,6 +1,10 @@
-//! The model: config.json and its validation, safetensors checkpoints, and the
-//! sharded Llama-family forward.
+//! The model as data: config.json and its validation ([`config`]), safetensors
+//! checkpoints ([`checkpoint`]), which slice a rank holds ([`shard`]), which checkpoint
+//! tensors make which weight ([`recipe`]) and the RoPE frequencies ([`rope`]). The
+//! forwards that compute with it live in the backends.
 
 pub mod checkpoint;
 pub mod config;
-pub mod llama;
+pub mod recipe;
+pub mod rope;
+pub mod shard;

@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::body::Body;
 pub use super::error::ApiError;
 
-use crate::rank::engine::sampler::SamplingParams;
 use crate::rank::engine::scheduler::GenRequest;
+use crate::rank::sampling::SamplingParams;
 
 /// Which endpoint a body is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,16 +20,15 @@ pub mod vllm;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use super::RankError;
-use super::backend::cuda::model::graph_bucket;
+use super::backend::StepSizes;
 use super::cli::{EngineArgs, ServeArgs};
-use super::engine::executor::{Backend, Executor};
+use super::engine::executor::Executor;
 use super::engine::scheduler::{Limits, Scheduler};
 use super::engine::{Engine, Stats};
 use super::kv::BlockAllocator;
-use super::startup;
+use super::startup::{self, Sizing};
 
 /// How long responses in flight may take to reach their clients once the engine
 /// has stopped.
@@ -37,9 +36,8 @@ const RESPONSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the server (every rank).
 pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
-    let t_start = Instant::now();
     let mut s = startup::prepare(engine, true)?;
-    let max_model_len = startup::max_model_len(engine, &s.cfg, s.device);
+    let max_model_len = s.max_model_len(engine);
     let bs = engine.block_size;
     if let Some(tokens) = serve.kv_cache_tokens
         && tokens.div_ceil(bs) * bs < max_model_len
@@ -107,56 +105,52 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
         );
         front = Some((state, codec, server));
     }
-    let mut backend = startup::load_backend(engine, &mut s)?;
-    let t_loaded = Instant::now();
-    if let Backend::Cuda(m) = &mut backend {
-        // The step workspace is sized for the largest step (a decode step is padded
-        // to its CUDA-graph size) before the cache takes the rest.
-        let seqs = serve.max_num_seqs;
-        let padded = graph_bucket(seqs).unwrap_or(seqs);
-        let tokens = serve.max_num_batched_tokens.max(padded);
-        m.reserve(tokens, padded, seqs, 0, seqs * max_model_len.div_ceil(bs))
-            .map_err(|e| RankError::Runtime(e.to_string()))?;
+    let seqs = serve.max_num_seqs;
+    let tokens = serve.max_num_batched_tokens;
+    let mut prefill = vec![tokens];
+    if tokens > 512 {
+        prefill.insert(0, 512);
     }
-    let kv = startup::plan_kv(
-        &mut s,
-        &mut backend,
-        serve.kv_cache_tokens,
-        serve.gpu_memory_utilization,
-        bs,
+    let sizing = Sizing {
+        step: StepSizes {
+            tokens,
+            rows: seqs,
+            seqs,
+            blocks: seqs * max_model_len.div_ceil(bs),
+        },
+        kv_tokens: serve.kv_cache_tokens,
+        util: serve.gpu_memory_utilization,
         max_model_len,
-    )?;
+        warm_up: Some((prefill, seqs)),
+        print_memory: true,
+    };
+    let ready = s.bring_up(engine, &sizing)?;
+    let (kv, backend) = (ready.kv, ready.backend);
     let blocks = kv.blocks;
-    crate::eline!("rrank: {}", kv.line);
-    let t_kv = Instant::now();
-    if let Backend::Cuda(m) = &mut backend {
-        let tokens = serve.max_num_batched_tokens;
-        let mut sizes = vec![tokens];
-        if tokens > 512 {
-            sizes.insert(0, 512);
-        }
-        m.warmup(&sizes, serve.max_num_seqs)
-            .map_err(|e| RankError::Runtime(format!("warm-up: {e}")))?;
-    }
     if env.rank == 0 {
-        let graphs = match &backend {
-            Backend::Cuda(m) if m.graphs.enabled => " and CUDA-graph capture",
-            _ => "",
+        let graphs = if backend.graphs() {
+            " and CUDA-graph capture"
+        } else {
+            ""
         };
+        let [loaded, cache, warm] = ready.times;
         crate::eline!(
-            "rrank: start-up: {:.2} s to the loaded weights (libraries, checkpoint, NCCL), {:.2} s KV cache, {:.2} s warm-up{graphs}",
-            (t_loaded - t_start).as_secs_f64(),
-            (t_kv - t_loaded).as_secs_f64(),
-            t_kv.elapsed().as_secs_f64()
+            "rrank: start-up: {loaded:.2} s to the loaded weights (libraries, checkpoint, NCCL), {cache:.2} s KV cache, {warm:.2} s warm-up{graphs}"
         );
     }
     let mine = kv.report;
-    let mut comm = s.comm;
-    let mut exec = Executor { backend };
+    let mut comm = ready.comm;
+    let _store_host = ready._server;
+    let mut exec = Executor {
+        backend,
+        sampler: ready.place.sampler(),
+    };
     if env.rank != 0 {
         comm.send(0, mine.to_string().as_bytes())
             .map_err(|e| RankError::Runtime(format!("reporting memory to rank 0: {e}")))?;
-        return exec.follow(comm.as_mut()).map_err(RankError::Runtime);
+        return exec
+            .follow(comm.as_mut())
+            .map_err(|e| RankError::Runtime(e.to_string()));
     }
     let (state, codec, server) = front.expect("rank 0 serves");
     let addr = server.addr;

@@ -197,7 +197,7 @@ impl CustomAllReduce {
             .iter()
             .map(|&b| b as u8)
             .collect();
-        let host = crate::launch::net::hostname();
+        let host = crate::host::net::hostname();
         let key = |what: &str, r: usize| format!("rrank/{attempt}/ar/{name}/{what}/{r}");
         store
             .set(

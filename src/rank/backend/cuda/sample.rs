@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::{Args, DType, Gpu, Result};
-use crate::rank::engine::sampler::{DrawReq, Sampled};
+use crate::rank::sampling::{DrawReq, Sampled};
 
 /// At most this many alternatives per draw (vLLM's limit is 20 as well).
 pub const MAX_TOP: usize = 20;
@@ -166,7 +166,7 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rank::engine::sampler::{Rng, SamplingParams};
+    use crate::rank::sampling::{Rng, SamplingParams};
 
     #[test]
     fn penalty_entries_are_distinct_counted_and_in_vocab() {

@@ -1,4 +1,4 @@
-//! Host facts the launcher needs: Python's `socket.getfqdn()` (MASTER_ADDR for
+//! Host facts the launcher and the ranks need: Python's `socket.getfqdn()` (MASTER_ADDR for
 //! c10d/standalone, `host` in the failure summary), whether an address is this
 //! machine, and which process holds a listening port (for the port-in-use error).
 

@@ -1,4 +1,4 @@
-//! The CPU reference backend: f32 kernels that match transformers' float32 math
+//! The CPU backend's kernels: f32 math that matches transformers' float32 forward
 //! (RMSNorm, rotate-half RoPE incl. linear and Llama 3 scaling, act(gate)·up for SiLU
 //! and the GELUs, softmax attention over the paged KV cache) and a streaming matrix
 //! kernel, multi-threaded with rayon.
@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::rank::model::config::{Activation, ModelConfig, RopeScaling};
+use crate::rank::model::config::Activation;
 
 /// A weight matrix `[rows, cols]`, row-major.
 pub enum Mat {
@@ -278,46 +278,6 @@ pub fn act_mul(act: Activation, gate: &mut [f32], up: &[f32]) {
             .iter_mut()
             .zip(up)
             .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
-    }
-}
-
-/// RoPE inverse frequencies (with linear or Llama 3 scaling when configured), as transformers computes them.
-pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
-    let d = cfg.head_dim;
-    let base: Vec<f32> = (0..d / 2)
-        .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
-        .collect();
-    match cfg.rope_scaling {
-        RopeScaling::None => base,
-        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings: old,
-        } => {
-            let (factor, low, high, old) = (
-                factor as f32,
-                low_freq_factor as f32,
-                high_freq_factor as f32,
-                old as f32,
-            );
-            let low_wavelen = old / low;
-            let high_wavelen = old / high;
-            base.iter()
-                .map(|&f| {
-                    let wavelen = 2.0 * std::f32::consts::PI / f;
-                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                    let smooth = (old / wavelen - low) / (high - low);
-                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
-                    if medium {
-                        (1.0 - smooth) * scaled / factor + smooth * scaled
-                    } else {
-                        scaled
-                    }
-                })
-                .collect()
-        }
     }
 }
 

@@ -5,6 +5,12 @@
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
+/// The draw generator for `seed` at generation step `step`: a draw depends on the
+/// request and how far it got, never on the batch it ran in.
+pub fn step_rng(seed: u64, step: u32) -> Rng {
+    Rng::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed)

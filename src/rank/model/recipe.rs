@@ -1,0 +1,556 @@
+//! The weights recipe: which checkpoint tensors feed which weight of the forward, how
+//! each one is cut for a rank (tensor-parallel rows or columns, replicated, a vocab
+//! slice), which ones stack into one fused weight (q|k|v, gate|up), and when a tensor
+//! exists at all (biases as config.json declares them, the LM head or the tied
+//! embedding, the first and last pipeline stage).
+//!
+//! One table of [`Row`]s per architecture. The checkpoint check ([`checkpoint_tensors`])
+//! and both backends ([`for_rank`]) read it, so a new tensor kind or architecture is new
+//! rows here and a new [`Role`] where the forward uses it, not a loader per backend.
+
+use super::config::{Arch, ModelConfig};
+use super::shard::Shard;
+use crate::rank::dist::Placement;
+
+/// A weight of one layer's forward; several checkpoint tensors may stack into one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    InNorm,
+    /// `[q | k | v]` rows: `[nq + 2·nkv, hidden]`.
+    Qkv,
+    QkvBias,
+    /// `[hidden, nq]`, row-parallel.
+    O,
+    OBias,
+    PostNorm,
+    /// `[gate | up]` rows: `[2·inter, hidden]`.
+    GateUp,
+    GateUpBias,
+    /// `[hidden, inter]`, row-parallel.
+    Down,
+    DownBias,
+}
+
+impl Role {
+    pub const COUNT: usize = 10;
+
+    /// How the forward uses this weight.
+    pub fn kind(self) -> Kind {
+        match self {
+            Role::Qkv | Role::O | Role::GateUp | Role::Down => Kind::Matrix,
+            _ => Kind::Vector,
+        }
+    }
+}
+
+/// How the forward uses a weight, which decides how a backend stores it (the CPU
+/// keeps bf16 matrices as bf16 and widens everything else to f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The right-hand side of a product, `[out, in]`.
+    Matrix,
+    /// Elementwise: a norm's weight or a bias.
+    Vector,
+    /// Looked up by token id (the embedding).
+    Table,
+}
+
+/// A dimension of a checkpoint tensor, in config.json's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dim {
+    Hidden,
+    /// All query heads × head_dim.
+    Q,
+    /// All KV heads × head_dim.
+    Kv,
+    Inter,
+    Vocab,
+}
+
+impl Dim {
+    fn size(self, cfg: &ModelConfig) -> usize {
+        match self {
+            Dim::Hidden => cfg.hidden_size,
+            Dim::Q => cfg.num_heads * cfg.head_dim,
+            Dim::Kv => cfg.num_kv_heads * cfg.head_dim,
+            Dim::Inter => cfg.intermediate_size,
+            Dim::Vocab => cfg.vocab_size,
+        }
+    }
+
+    /// This rank's range along the dimension.
+    fn range(self, cfg: &ModelConfig, shard: &Shard) -> (usize, usize) {
+        match self {
+            Dim::Hidden => (0, cfg.hidden_size),
+            Dim::Q => shard.q,
+            Dim::Kv => shard.kv,
+            Dim::Inter => shard.mlp,
+            Dim::Vocab => shard.vocab,
+        }
+    }
+}
+
+/// How a tensor is cut for one rank: whole (replicated), or this rank's range of
+/// its rows (column-parallel products) or columns (row-parallel products).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    Whole,
+    Rows(Dim),
+    Cols(Dim),
+}
+
+/// When a tensor is part of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum When {
+    Always,
+    QkvBias,
+    OBias,
+    MlpBias,
+}
+
+impl When {
+    fn holds(self, cfg: &ModelConfig) -> bool {
+        match self {
+            When::Always => true,
+            When::QkvBias => cfg.qkv_bias,
+            When::OBias => cfg.o_bias,
+            When::MlpBias => cfg.mlp_bias,
+        }
+    }
+}
+
+/// One checkpoint tensor of a layer: the weight it feeds (rows of the same role stack
+/// in table order), its name under `model.layers.{i}.`, its full shape, its cut.
+struct Row {
+    role: Role,
+    name: &'static str,
+    shape: &'static [Dim],
+    split: Split,
+    when: When,
+}
+
+const fn row(role: Role, name: &'static str, shape: &'static [Dim], split: Split) -> Row {
+    Row {
+        role,
+        name,
+        shape,
+        split,
+        when: When::Always,
+    }
+}
+
+const fn bias(
+    role: Role,
+    name: &'static str,
+    shape: &'static [Dim],
+    split: Split,
+    when: When,
+) -> Row {
+    Row {
+        role,
+        name,
+        shape,
+        split,
+        when,
+    }
+}
+
+use Dim::{Hidden as H, Inter as I, Kv, Q};
+use Split::{Cols, Rows, Whole};
+
+/// Llama 2/3, Mistral and Qwen2: one decoder layer as Hugging Face stores it.
+const LLAMA_LAYER: &[Row] = &[
+    row(Role::InNorm, "input_layernorm.weight", &[H], Whole),
+    row(
+        Role::PostNorm,
+        "post_attention_layernorm.weight",
+        &[H],
+        Whole,
+    ),
+    row(Role::Qkv, "self_attn.q_proj.weight", &[Q, H], Rows(Q)),
+    row(Role::Qkv, "self_attn.k_proj.weight", &[Kv, H], Rows(Kv)),
+    row(Role::Qkv, "self_attn.v_proj.weight", &[Kv, H], Rows(Kv)),
+    row(Role::O, "self_attn.o_proj.weight", &[H, Q], Cols(Q)),
+    row(Role::GateUp, "mlp.gate_proj.weight", &[I, H], Rows(I)),
+    row(Role::GateUp, "mlp.up_proj.weight", &[I, H], Rows(I)),
+    row(Role::Down, "mlp.down_proj.weight", &[H, I], Cols(I)),
+    bias(
+        Role::QkvBias,
+        "self_attn.q_proj.bias",
+        &[Q],
+        Rows(Q),
+        When::QkvBias,
+    ),
+    bias(
+        Role::QkvBias,
+        "self_attn.k_proj.bias",
+        &[Kv],
+        Rows(Kv),
+        When::QkvBias,
+    ),
+    bias(
+        Role::QkvBias,
+        "self_attn.v_proj.bias",
+        &[Kv],
+        Rows(Kv),
+        When::QkvBias,
+    ),
+    bias(
+        Role::OBias,
+        "self_attn.o_proj.bias",
+        &[H],
+        Whole,
+        When::OBias,
+    ),
+    bias(
+        Role::GateUpBias,
+        "mlp.gate_proj.bias",
+        &[I],
+        Rows(I),
+        When::MlpBias,
+    ),
+    bias(
+        Role::GateUpBias,
+        "mlp.up_proj.bias",
+        &[I],
+        Rows(I),
+        When::MlpBias,
+    ),
+    bias(
+        Role::DownBias,
+        "mlp.down_proj.bias",
+        &[H],
+        Whole,
+        When::MlpBias,
+    ),
+];
+
+const EMBED: &str = "model.embed_tokens.weight";
+const FINAL_NORM: &str = "model.norm.weight";
+const LM_HEAD: &str = "lm_head.weight";
+
+fn layer_rows(arch: Arch) -> &'static [Row] {
+    match arch {
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 => LLAMA_LAYER,
+    }
+}
+
+/// Every checkpoint tensor config.json implies, with its full shape, in the order the
+/// checkpoint check looks for them. `has_lm_head`: the checkpoint stores `lm_head.weight`
+/// (required unless the embeddings are tied).
+pub fn checkpoint_tensors(cfg: &ModelConfig, has_lm_head: bool) -> Vec<(String, Vec<usize>)> {
+    let shape = |dims: &[Dim]| dims.iter().map(|d| d.size(cfg)).collect::<Vec<_>>();
+    let mut want = vec![
+        (EMBED.to_string(), shape(&[Dim::Vocab, H])),
+        (FINAL_NORM.to_string(), shape(&[H])),
+    ];
+    if !cfg.tie_word_embeddings || has_lm_head {
+        want.push((LM_HEAD.to_string(), shape(&[Dim::Vocab, H])));
+    }
+    for l in 0..cfg.num_layers {
+        for r in layer_rows(cfg.arch).iter().filter(|r| r.when.holds(cfg)) {
+            want.push((format!("model.layers.{l}.{}", r.name), shape(r.shape)));
+        }
+    }
+    want
+}
+
+/// Which part of a checkpoint tensor a rank reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    All,
+    /// Rows `[a, b)` (elements of a 1-D tensor).
+    Rows(usize, usize),
+    /// Columns `[a, b)` of a 2-D tensor.
+    Cols(usize, usize),
+}
+
+/// One checkpoint tensor's part of a weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub name: String,
+    pub cut: Cut,
+}
+
+/// One weight as a backend holds it: its pieces stacked by rows, `[rows, cols]`
+/// (`cols` = 1 for vectors). Rows past the pieces' are zeros (the LM head's vocab
+/// slice padded to the slice every rank holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tensor {
+    pub pieces: Vec<Piece>,
+    pub rows: usize,
+    pub cols: usize,
+    pub kind: Kind,
+}
+
+impl Tensor {
+    pub fn elems(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// One layer's weights, by role (`None`: the model has no such tensor).
+#[derive(Debug)]
+pub struct Layer<T> {
+    by_role: Vec<Option<T>>,
+}
+
+impl<T> Layer<T> {
+    /// The weight of `role`, which this model has.
+    pub fn get(&self, role: Role) -> &T {
+        self.opt(role)
+            .unwrap_or_else(|| panic!("the recipe gives every layer a {role:?}"))
+    }
+
+    /// The weight of `role`, if the model has it (biases).
+    pub fn opt(&self, role: Role) -> Option<&T> {
+        self.by_role[role as usize].as_ref()
+    }
+
+    /// Every weight of the layer.
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        self.by_role.iter().flatten()
+    }
+}
+
+/// A rank's weights: its stage's layers, the embedding (first stage), the final norm
+/// and LM head (last stage).
+#[derive(Debug)]
+pub struct RankWeights<T> {
+    pub layers: Vec<Layer<T>>,
+    pub embed: Option<T>,
+    pub final_norm: Option<T>,
+    pub lm_head: Option<T>,
+}
+
+impl<T> RankWeights<T> {
+    /// Every weight, layers first.
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.all())
+            .chain(self.embed.iter())
+            .chain(self.final_norm.iter())
+            .chain(self.lm_head.iter())
+    }
+}
+
+impl RankWeights<Tensor> {
+    /// Makes every weight with `load`, in recipe order.
+    pub fn load<U, E>(
+        &self,
+        mut load: impl FnMut(&Tensor) -> Result<U, E>,
+    ) -> Result<RankWeights<U>, E> {
+        let mut opt = |t: &Option<Tensor>| t.as_ref().map(&mut load).transpose();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let by_role = l.by_role.iter().map(&mut opt).collect::<Result<_, E>>()?;
+            layers.push(Layer { by_role });
+        }
+        Ok(RankWeights {
+            layers,
+            embed: opt(&self.embed)?,
+            final_norm: opt(&self.final_norm)?,
+            lm_head: opt(&self.lm_head)?,
+        })
+    }
+}
+
+/// A tensor of one piece cut along `split`, for a checkpoint tensor of `shape`.
+fn piece(
+    cfg: &ModelConfig,
+    shard: &Shard,
+    name: String,
+    shape: &[Dim],
+    split: Split,
+) -> (Piece, usize, usize) {
+    let full: Vec<usize> = shape.iter().map(|d| d.size(cfg)).collect();
+    let cols = full.get(1).copied().unwrap_or(1);
+    let (cut, rows, cols) = match split {
+        Split::Whole => (Cut::All, full[0], cols),
+        Split::Rows(d) => {
+            let (a, b) = d.range(cfg, shard);
+            (Cut::Rows(a, b), b - a, cols)
+        }
+        Split::Cols(d) => {
+            let (a, b) = d.range(cfg, shard);
+            (Cut::Cols(a, b), full[0], b - a)
+        }
+    };
+    (Piece { name, cut }, rows, cols)
+}
+
+/// The weights rank `place` loads: every tensor of its layers cut for its shard and
+/// stacked by role, the embedding on the first stage, the final norm and LM head on
+/// the last (the LM head padded to `shard.chunk` rows; the tied embedding when the
+/// checkpoint has no `lm_head.weight`).
+pub fn for_rank(
+    cfg: &ModelConfig,
+    shard: &Shard,
+    place: Placement,
+    has_lm_head: bool,
+) -> RankWeights<Tensor> {
+    let layers = (shard.layers.0..shard.layers.1)
+        .map(|l| {
+            let mut by_role: Vec<Option<Tensor>> = vec![None; Role::COUNT];
+            for r in layer_rows(cfg.arch).iter().filter(|r| r.when.holds(cfg)) {
+                let name = format!("model.layers.{l}.{}", r.name);
+                let (p, rows, cols) = piece(cfg, shard, name, r.shape, r.split);
+                let t = by_role[r.role as usize].get_or_insert_with(|| Tensor {
+                    pieces: vec![],
+                    rows: 0,
+                    cols,
+                    kind: r.role.kind(),
+                });
+                debug_assert_eq!(t.cols, cols, "{:?} stacks tensors of one width", r.role);
+                t.pieces.push(p);
+                t.rows += rows;
+            }
+            Layer { by_role }
+        })
+        .collect();
+    let vocab = |name: &str, kind: Kind, pad_to: usize| {
+        let (p, rows, cols) = piece(
+            cfg,
+            shard,
+            name.to_string(),
+            &[Dim::Vocab, H],
+            Rows(Dim::Vocab),
+        );
+        Tensor {
+            pieces: vec![p],
+            rows: rows.max(pad_to),
+            cols,
+            kind,
+        }
+    };
+    let last = place.last_stage();
+    RankWeights {
+        layers,
+        embed: place.first_stage().then(|| vocab(EMBED, Kind::Table, 0)),
+        final_norm: last.then(|| {
+            let (p, rows, cols) = piece(cfg, shard, FINAL_NORM.to_string(), &[H], Whole);
+            Tensor {
+                pieces: vec![p],
+                rows,
+                cols,
+                kind: Kind::Vector,
+            }
+        }),
+        lm_head: last.then(|| {
+            let name = if has_lm_head { LM_HEAD } else { EMBED };
+            vocab(name, Kind::Matrix, shard.chunk)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(extra: serde_json::Value) -> ModelConfig {
+        let mut v = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+            "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+            "vocab_size": 1001, "rms_norm_eps": 1e-5, "max_position_embeddings": 256});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        ModelConfig::from_json(&v).unwrap()
+    }
+
+    fn place(tp: usize, pp: usize, rank: usize) -> Placement {
+        Placement { tp, pp, rank }
+    }
+
+    #[test]
+    fn tensor_parallel_rank_stacks_its_slices() {
+        // TP rank 1 of 2, stage 1 of 2: heads 4..8 (rows 32..64 of q), KV head 1 (rows 8..16).
+        let c = cfg(json!({}));
+        let p = place(2, 2, 3);
+        let s = Shard::new(&c, p);
+        let w = for_rank(&c, &s, p, false);
+        assert_eq!(w.layers.len(), 2, "layers 2 and 3");
+        assert!(w.embed.is_none(), "the embedding lives on the first stage");
+        let qkv = w.layers[0].get(Role::Qkv);
+        assert_eq!(
+            qkv.pieces,
+            vec![
+                Piece {
+                    name: "model.layers.2.self_attn.q_proj.weight".into(),
+                    cut: Cut::Rows(32, 64)
+                },
+                Piece {
+                    name: "model.layers.2.self_attn.k_proj.weight".into(),
+                    cut: Cut::Rows(8, 16)
+                },
+                Piece {
+                    name: "model.layers.2.self_attn.v_proj.weight".into(),
+                    cut: Cut::Rows(8, 16)
+                },
+            ]
+        );
+        assert_eq!(
+            (qkv.rows, qkv.cols, qkv.kind),
+            (32 + 8 + 8, 64, Kind::Matrix)
+        );
+        let o = w.layers[1].get(Role::O);
+        assert_eq!(o.pieces[0].cut, Cut::Cols(32, 64));
+        assert_eq!((o.rows, o.cols), (64, 32));
+        let gu = w.layers[1].get(Role::GateUp);
+        assert_eq!((gu.rows, gu.cols), (96, 64), "gate and up rows 48..96 each");
+        assert_eq!(w.layers[1].get(Role::Down).pieces[0].cut, Cut::Cols(48, 96));
+        assert!(
+            w.layers[0].opt(Role::QkvBias).is_none(),
+            "no biases unless config.json says so"
+        );
+        // The tied LM head: embedding rows 501..1001, padded to the 501-row slice.
+        let head = w.lm_head.as_ref().unwrap();
+        assert_eq!(
+            head.pieces[0],
+            Piece {
+                name: EMBED.into(),
+                cut: Cut::Rows(501, 1001)
+            }
+        );
+        assert_eq!((head.rows, head.cols), (501, 64));
+        assert_eq!(w.final_norm.as_ref().unwrap().kind, Kind::Vector);
+    }
+
+    #[test]
+    fn biases_follow_config_json_and_the_head_prefers_lm_head() {
+        let c = cfg(json!({"attention_bias": true, "mlp_bias": true}));
+        let p = place(1, 1, 0);
+        let w = for_rank(&c, &Shard::new(&c, p), p, true);
+        let l = &w.layers[3];
+        assert_eq!(l.get(Role::QkvBias).rows, 64 + 16 + 16);
+        assert_eq!(l.get(Role::QkvBias).cols, 1);
+        assert_eq!(l.get(Role::OBias).pieces[0].cut, Cut::All);
+        assert_eq!(l.get(Role::GateUpBias).rows, 2 * 96);
+        assert_eq!(l.get(Role::DownBias).rows, 64);
+        assert_eq!(w.lm_head.as_ref().unwrap().pieces[0].name, LM_HEAD);
+        assert_eq!(w.embed.as_ref().unwrap().kind, Kind::Table);
+        assert_eq!(w.all().count(), 4 * 10 + 3);
+    }
+
+    #[test]
+    fn the_checkpoint_check_wants_every_layer_unsharded() {
+        let c = cfg(json!({"tie_word_embeddings": true}));
+        let want = checkpoint_tensors(&c, false);
+        assert_eq!(want.len(), 2 + 4 * 9, "tied: no lm_head");
+        assert!(want.contains(&(
+            "model.layers.3.self_attn.o_proj.weight".into(),
+            vec![64, 64]
+        )));
+        assert!(want.contains(&(
+            "model.layers.0.self_attn.k_proj.weight".into(),
+            vec![16, 64]
+        )));
+        assert_eq!(checkpoint_tensors(&c, true).len(), 3 + 4 * 9);
+        let q = cfg(json!({"architectures": ["Qwen2ForCausalLM"]}));
+        assert!(
+            checkpoint_tensors(&q, true)
+                .contains(&("model.layers.1.self_attn.v_proj.bias".into(), vec![16]))
+        );
+    }
+}
