@@ -1,8 +1,9 @@
 """Peer benchmark: gpt-fast (https://github.com/pytorch-labs/gpt-fast at 32971d3, its model.py and
 generate.py unchanged, BSD-3 licence; not part of this repository: clone it and pass the folder as
---gpt-fast) decoding a Llama-3-8B-shaped bf16 model with random weights at batch 1, decode compiled with torch.compile(mode="reduce-overhead", fullgraph=True) as gpt-fast's
-own main does (sampling temperature 0.8, top-k 200, its defaults). Speed does not depend on the weights'
-values, so no checkpoint is needed.
+--gpt-fast) decoding a Llama-3-8B-shaped bf16 model with random weights at batch 1, decode compiled
+with torch.compile(mode="reduce-overhead", fullgraph=True) as gpt-fast's own main does
+(sampling temperature 0.8, top-k 200, its defaults). Speed does not depend on the weights' values, so no
+checkpoint is needed.
 
 Usage (on a GPU machine; first compile takes about two minutes):
     git clone https://github.com/pytorch-labs/gpt-fast DIR && git -C DIR checkout 32971d3
