@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Verifies rrun on a GPU host with real NCCL jobs (used for the README's "Verified runs").
+# Verifies rrun on a GPU host with real NCCL jobs (used for docs/verified-runs.md).
 # Usage: scripts/gpu-verify-rrun.sh [path/to/rrun]   (python3 there must have torch)
 set -uo pipefail
 cd "$(dirname "$0")/.."

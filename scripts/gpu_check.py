@@ -15,7 +15,7 @@ Checks:
             transformers bf16 (same GPU) over 1,024 positions at TP 1, TP 2 and PP 2 (with transformers'
             own eager-vs-sdpa spread for scale), and float32 against transformers float32
   real      real trained weights (SmolLM2-135M-Instruct, --real DIR) in bf16: teacher-forced top-1 agreement
-            with transformers bf16 over >= 1,024 positions of English text (this README), TP 1 and PP 2
+            with transformers bf16 over >= 1,024 positions of English text (README.md), TP 1 and PP 2
   shapes    attention variants (head_dim 64/96/128, 1/4/8 query heads per KV head) in bf16 against
             transformers on small 2-layer models: prefill and the first decode step
   decode    the decode GEMV kernel against cuBLAS and float32 on the first decode step; decode speed

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (once) the Python environment the tests and demos use, and prints its
-# python. torch is pinned to 2.11.0: the version shared/spec/torchrun.md describes
+# python. torch is pinned to 2.11.0: the version docs/spec/torchrun.md describes
 # and the GPU machines run; transformers 5.17 likewise (the numerical reference). RRUN_VENV overrides the location (default .venv).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

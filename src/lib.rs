@@ -1,5 +1,5 @@
 //! rrun: a drop-in `torchrun` in Rust, and `rrank`, the rank process of a
-//! tensor/pipeline-parallel LLM server. The map of the crate is shared/DESIGN.md.
+//! tensor/pipeline-parallel LLM server. The map of the crate is docs/ARCHITECTURE.md.
 //!
 //! - [`store`]: PyTorch's TCPStore protocol — codec, server, blocking client.
 //! - [`launch`]: the rrun agent — CLI, rendezvous, worker env, spawn, supervision,

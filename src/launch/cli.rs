@@ -1,4 +1,4 @@
-//! torchrun 2.11's command line, flag for flag (shared/spec/torchrun.md §1.2): both
+//! torchrun 2.11's command line, flag for flag (docs/spec/torchrun.md §1.2): both
 //! spellings, the same defaults, `PET_*` environment fallbacks, argparse-style prefix
 //! matching, and everything from the script on passed through verbatim.
 //!

@@ -1,4 +1,4 @@
-//! The per-worker environment of shared/spec/torchrun.md §2.1: the 18 keys every
+//! The per-worker environment of docs/spec/torchrun.md §2.1: the 18 keys every
 //! worker gets, plus OMP_NUM_THREADS and CUDA_VISIBLE_DEVICES where the rules say.
 //!
 //! Workers inherit rrun's whole environment; this module only computes what is

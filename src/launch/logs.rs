@@ -1,4 +1,4 @@
-//! Where worker output goes (shared/spec/torchrun.md §3.9): the log tree
+//! Where worker output goes (docs/spec/torchrun.md §3.9): the log tree
 //! `<root>/<run_id>_<rand8>/attempt_<k>/<lr>/{stdout.log,stderr.log,error.json}`,
 //! redirects straight into files, and tee — a pipe per stream read by a thread that
 //! writes the file and, line-atomically with the `[default0]:` prefix, the console.

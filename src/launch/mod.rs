@@ -1,4 +1,4 @@
-//! The rrun agent: a drop-in `torchrun` (shared/spec/torchrun.md).
+//! The rrun agent: a drop-in `torchrun` (docs/spec/torchrun.md).
 //!
 //! [`run`] drives one launch: validate flags ([`config`]), install signal handlers
 //! ([`signals`]), rendezvous and host the store ([`rendezvous`]), then per attempt:

@@ -1,4 +1,4 @@
-//! How agents find each other and number their workers (shared/spec/torchrun.md §4).
+//! How agents find each other and number their workers (docs/spec/torchrun.md §4).
 //!
 //! Static (the default): node 0 hosts the TCPStore at the endpoint (`--rdzv-endpoint`,
 //! else `--master-addr:--master-port`), which is also the workers' MASTER_ADDR and

@@ -1,4 +1,4 @@
-//! Watching a worker group and tearing it down (shared/spec/torchrun.md §3.1–3.2,
+//! Watching a worker group and tearing it down (docs/spec/torchrun.md §3.1–3.2,
 //! §3.8): poll every `--monitor-interval`; on the first failure or a handled signal,
 //! send the closing signal to every worker's process group, wait one shared grace
 //! period (`--term-timeout`), SIGKILL survivors, and wait a bounded time for them.

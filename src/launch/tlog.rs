@@ -1,5 +1,5 @@
 //! Log lines in torch's format, `W1126 19:30:24.068000 779 torch/distributed/run.py:851] msg`
-//! (shared/spec/torchrun.md §2.3), so that wrapper scripts that grep torchrun's
+//! (docs/spec/torchrun.md §2.3), so that wrapper scripts that grep torchrun's
 //! stderr keep working. Level I lines appear only with `LOGLEVEL=INFO` or `DEBUG`.
 
 /// Source locations torch 2.11 prints for the default-level lines.

@@ -1,4 +1,4 @@
-//! A blocking TCPStore client with torch's semantics (shared/spec/torchrun.md §5.2,
+//! A blocking TCPStore client with torch's semantics (docs/spec/torchrun.md §5.2,
 //! §5.5): connect with exponential backoff, VALIDATE + PING, a `/` prefix on every
 //! user key, GET as WAIT then GET, and CANCEL_WAIT when a wait times out.
 //!

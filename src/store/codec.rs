@@ -1,4 +1,4 @@
-//! The TCPStore wire format of PyTorch 2.11 (shared/spec/torchrun.md §5): request
+//! The TCPStore wire format of PyTorch 2.11 (docs/spec/torchrun.md §5): request
 //! decoding for the server (incremental, one [`Decoder`] per connection), request
 //! encoding for the client, and the limits.
 //!

@@ -1,5 +1,5 @@
 //! The store's data and its semantics: the key-value map, the queues, and the
-//! registry of pending WAITs (shared/spec/torchrun.md §5.4, libuv backend).
+//! registry of pending WAITs (docs/spec/torchrun.md §5.4, libuv backend).
 //!
 //! No I/O happens here. Each request is applied under one lock and produces the
 //! bytes of its reply; a WAIT that cannot be answered yet is registered, and the

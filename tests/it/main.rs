@@ -1,4 +1,4 @@
-//! Integration tests, one binary with a module per area (see shared/DESIGN.md).
+//! Integration tests, one binary with a module per area (see docs/ARCHITECTURE.md).
 //!
 //! Tests marked `#[ignore]` need PyTorch: `scripts/test.sh` runs them with
 //! `--include-ignored` and `RRUN_TEST_PYTHON` pointing at the test venv.

@@ -205,7 +205,7 @@ def test_a_body_at_the_limit_takes_bounded_memory(srv):
         assert 400 <= status < 500, (name, out)
         grown[name] = (status_kib(pid, "VmHWM") - rss) / 1024
     print("peak RSS growth (MiB) per 16 MiB body:", {k: round(v, 1) for k, v in grown.items()})
-    assert max(grown.values()) < 96, grown  # goal 64 MiB; the README has the figures
+    assert max(grown.values()) < 96, grown  # goal 64 MiB; docs/serving.md has the figures
 
 
 def test_health_answers_while_a_body_at_the_limit_is_processed(srv):
