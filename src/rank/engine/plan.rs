@@ -39,10 +39,10 @@ pub enum Plan {
 
 impl Plan {
     /// The wire form: postcard (compact binary). Every rank decodes every step's plan
-    /// before it can start, so this is on the critical path: JSON took 0.24 ms to
-    /// encode and 0.71 ms to decode for 256 decode sequences of 40 blocks.
+    /// before it can start, so this is on the critical path (JSON costs 0.24 ms to
+    /// encode and 0.71 ms to decode for 256 decode sequences of 40 blocks).
     pub fn encode(&self) -> Vec<u8> {
-        // Pre-sized: growing the vector byte by byte cost more than the encoding.
+        // Pre-sized: growing the vector byte by byte costs more than the encoding.
         let guess = match self {
             Plan::Step(s) => {
                 64 + s

@@ -1,6 +1,6 @@
 //! `config.json` of a Llama-family checkpoint (Llama 2/3/3.1/3.2, Mistral, Qwen2) and
 //! the placement checks that must pass before any weight is read
-//! (shared/spec/serving-api.md §4.2).
+//! (docs/spec/serving-api.md §4.2).
 //!
 //! Accepts both transformers layouts: `rope_theta`/`rope_scaling` (older) and
 //! `rope_parameters` (transformers 5). Every refusal is one line naming the numbers
