@@ -93,3 +93,13 @@ template <typename T> __device__ __forceinline__ void store8(T *p, const float *
 // Instantiates `extern "C"` wrappers NAME_f32 / NAME_bf16 / NAME_f16 of a template
 // kernel body `NAME##_impl<T>` whose parameters are given by the macro's arguments.
 #define RR_FOR_TYPES(M) M(f32, float) M(bf16, __nv_bfloat16) M(f16, __half)
+// The same for the 16-bit types only (bf16, f16).
+#define RR_FOR_16BIT(M) M(bf16, __nv_bfloat16) M(f16, __half)
+
+// ---- The MLP activation (config.json's hidden_act), torch's formulas in f32:
+//   ACT 0 SiLU, 1 GELU (erf), 2 GELU (tanh approximation, kBeta = sqrt(2/pi)).
+template <int ACT> __device__ __forceinline__ float act_fn(float g) {
+    if (ACT == 1) return g * 0.5f * (1.f + erff(g * 0.70710678118654752f));
+    if (ACT == 2) return 0.5f * g * (1.f + tanhf(0.79788456080286536f * (g + 0.044715f * g * g * g)));
+    return g / (1.f + expf(-g));
+}

@@ -1,14 +1,14 @@
 // Weight-streaming GEMV variants for batch-1 decode, timed the way a decode step runs
 // them: L distinct weight matrices (so every byte comes from HBM, not L2) launched
 // back to back inside one CUDA graph, per shape of the Llama-3-8B layer at TP 1 and 2.
-// Prints µs per call and GB/s for rrank's kernel (kernels/llama.cu, gemv1) and for
+// Prints µs per call and GB/s for rrank's kernel (kernels/gemv.cu, gemv1) and for
 // the candidates below. Build and run on the GPU machine:
 //   nvcc -O3 -arch=sm_90 -std=c++17 -include kernels/common.cuh -o /tmp/gemv_bench scripts/gemv_bench.cu && /tmp/gemv_bench
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
-#include "../kernels/llama.cu"
+#include "../kernels/gemv.cu"
 
 #define CK(x)                                                                        \
     do {                                                                             \

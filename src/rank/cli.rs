@@ -9,7 +9,13 @@ use clap::{Args, Parser, Subcommand};
 /// The rank process of a tensor/pipeline-parallel Llama-family server. Start one per
 /// device under rrun (or torchrun): `rrun --nproc-per-node 2 rrank generate --model M -pp 2 --prompt "…"`.
 #[derive(Debug, Parser)]
-#[command(name = "rrank", version, max_term_width = 100)]
+#[command(
+    name = "rrank",
+    version,
+    max_term_width = 100,
+    after_help = "Environment variables: `rrank --help` or `rrank knobs` lists them.",
+    after_long_help = crate::rank::knobs::text(false)
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -75,6 +81,17 @@ pub enum Command {
     /// (needs only NVRTC and the CUDA headers, no GPU; CI runs it).
     #[command(hide = true)]
     Kernels(KernelsArgs),
+    /// List the environment variables rrank reads (accepted values, default, meaning,
+    /// and the value set now), then check them.
+    Knobs(KnobsArgs),
+}
+
+/// `rrank knobs`.
+#[derive(Debug, Clone, Args)]
+pub struct KnobsArgs {
+    /// Print docs/knobs.md (the list as a Markdown page) instead.
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 /// Flags shared by every mode.

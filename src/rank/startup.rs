@@ -183,7 +183,7 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
         DeviceKind::Cuda(_) => {
             if env.world_size > 1 {
                 // Before any store or thread: this may re-execute rrank.
-                libs::ensure(&[Lib::Nccl]).map_err(RankError::Invalid)?;
+                libs::ensure(&[Lib::Nccl]).map_err(|e| RankError::Invalid(e.to_string()))?;
             }
             if cfg.head_dim > 256 || cfg.head_dim % 2 == 1 {
                 return Err(RankError::Invalid(format!(

@@ -5,6 +5,7 @@
 
 mod cli;
 mod kernels;
+mod knobs;
 mod lines;
 mod store_robustness;
 mod store_torch;

@@ -67,7 +67,7 @@ const ACTIVATIONS: [(&str, Activation); 9] = [
 ];
 
 impl Activation {
-    /// The GPU backend's kernel stem of `act(gate) · up` (kernels/llama.cu).
+    /// The GPU backend's kernel stem of `act(gate) · up` (kernels/elementwise.cu).
     pub fn mul_kernel(self) -> &'static str {
         match self {
             Activation::Silu => "silu_mul",

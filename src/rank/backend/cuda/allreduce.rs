@@ -3,7 +3,7 @@
 //! CUDA IPC, the ranks swap the handles through the job's store and map each other's
 //! buffers, and a single kernel per all-reduce copies, signals, waits and sums over
 //! NVLink. Decode steps' all-reduces (16 KB a token on the 8B) take ~11 µs through
-//! NCCL; this path exists to beat that, and `RRANK_ALLREDUCE=nccl` turns it off.
+//! NCCL; this path is faster than that, and `RRANK_ALLREDUCE=nccl` turns it off.
 //!
 //! Setup is all-or-nothing: every member publishes whether it could map every peer
 //! (same host, peer access between the GPUs, `cuIpcOpenMemHandle` succeeded), and the
@@ -23,10 +23,6 @@ pub const MAX_RANKS: usize = 8;
 /// Bytes before the data slots: flags, epochs, the table of mapped bases.
 const HEADER: usize = 8192;
 const BASES_AT: usize = 6144;
-
-/// Largest message (bytes) sent through the custom path by default: above it NCCL's
-/// ring, which reads each byte fewer times, takes over. `RRANK_ALLREDUCE_MAX` sets it.
-const DEFAULT_MAX_BYTES: usize = 4 << 20;
 
 /// A group's mapped buffers, ready to reduce messages of up to `max_bytes`.
 pub struct CustomAllReduce {
@@ -53,17 +49,54 @@ impl Drop for PeerMaps {
     }
 }
 
+/// A member's reason for keeping the group on NCCL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rank {rank}: {reason}")]
+struct Refusal {
+    rank: usize,
+    reason: String,
+}
+
 /// The group's decision from every member's verdict (`ok <max bytes>`, or why not), in
 /// rank order: the smallest limit when all are ok, else the first member's reason.
-fn agree(verdicts: &[(usize, String)]) -> std::result::Result<usize, String> {
+fn agree(verdicts: &[(usize, String)]) -> std::result::Result<usize, Refusal> {
     let mut max = usize::MAX;
     for (r, v) in verdicts {
         match v.strip_prefix("ok ").and_then(|n| n.parse::<usize>().ok()) {
             Some(n) => max = max.min(n),
-            None => return Err(format!("rank {r}: {v}")),
+            None => {
+                return Err(Refusal {
+                    rank: *r,
+                    reason: v.clone(),
+                });
+            }
         }
     }
     Ok(max)
+}
+
+/// Why this rank cannot map peer `rank`'s buffer.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("rank {0}'s handle is garbled")]
+    Garbled(usize),
+    #[error("rank {rank} is on {theirs}, not {ours}")]
+    OtherHost {
+        rank: usize,
+        theirs: String,
+        ours: String,
+    },
+    #[error("rank {0} has no buffer to share")]
+    NoBuffer(usize),
+    #[error("rank {0}'s GPU is not visible to this rank")]
+    NotVisible(usize),
+    #[error("no peer access to rank {0}'s GPU")]
+    NoPeerAccess(usize),
+    #[error("cuIpcOpenMemHandle for rank {rank}: {code:?}")]
+    Open {
+        rank: usize,
+        code: drv_sys::CUresult,
+    },
 }
 
 /// The hex form of `b`.
@@ -124,22 +157,24 @@ fn map_peer(
     text: &str,
     host: &str,
     me: drv_sys::CUdevice,
-) -> std::result::Result<u64, String> {
-    let (phost, puuid, phandle) =
-        parse_announcement(text).ok_or_else(|| format!("rank {p}'s handle is garbled"))?;
+) -> std::result::Result<u64, PeerError> {
+    let (phost, puuid, phandle) = parse_announcement(text).ok_or(PeerError::Garbled(p))?;
     if phost != host {
-        return Err(format!("rank {p} is on {phost}, not {host}"));
+        return Err(PeerError::OtherHost {
+            rank: p,
+            theirs: phost,
+            ours: host.to_string(),
+        });
     }
     if phandle.iter().all(|&b| b == 0) {
-        return Err(format!("rank {p} has no buffer to share"));
+        return Err(PeerError::NoBuffer(p));
     }
-    let dev = device_with_uuid(&puuid)
-        .ok_or_else(|| format!("rank {p}'s GPU is not visible to this rank"))?;
+    let dev = device_with_uuid(&puuid).ok_or(PeerError::NotVisible(p))?;
     let mut can = 0;
     // SAFETY: two valid device handles.
     unsafe { drv_sys::cuDeviceCanAccessPeer(&mut can, me, dev) };
     if can == 0 {
-        return Err(format!("no peer access to rank {p}'s GPU"));
+        return Err(PeerError::NoPeerAccess(p));
     }
     let mut h = drv_sys::CUipcMemHandle { reserved: [0; 64] };
     for (d, s) in h.reserved.iter_mut().zip(&phandle) {
@@ -155,7 +190,7 @@ fn map_peer(
         )
     };
     if r != drv_sys::CUresult::CUDA_SUCCESS {
-        return Err(format!("cuIpcOpenMemHandle for rank {p}: {r:?}"));
+        return Err(PeerError::Open { rank: p, code: r });
     }
     Ok(ptr)
 }
@@ -176,12 +211,9 @@ impl CustomAllReduce {
         if !(2..=MAX_RANKS).contains(&size) {
             return Ok(None);
         }
-        let max_bytes = std::env::var("RRANK_ALLREDUCE_MAX")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(DEFAULT_MAX_BYTES)
-            .next_multiple_of(16);
-        let (own, mine, mut why) = if std::env::var("RRANK_ALLREDUCE").as_deref() == Ok("nccl") {
+        let knobs = crate::rank::knobs::get();
+        let max_bytes = knobs.allreduce_max.next_multiple_of(16);
+        let (own, mine, mut why) = if knobs.allreduce == crate::rank::knobs::AllReduce::Nccl {
             (None, vec![0; 64], Some("RRANK_ALLREDUCE=nccl".to_string()))
         } else {
             let own = gpu.alloc(HEADER + 2 * max_bytes)?;
@@ -215,7 +247,7 @@ impl CustomAllReduce {
             if why.is_none() {
                 match map_peer(p, &String::from_utf8_lossy(&got), &host, me) {
                     Ok(ptr) => peers.0[p] = ptr,
-                    Err(e) => why = Some(e),
+                    Err(e) => why = Some(e.to_string()),
                 }
             }
         }
@@ -241,7 +273,7 @@ impl CustomAllReduce {
             (Ok(max), Some(own)) => (max, own),
             (decision, _) => {
                 if rank == 0 {
-                    let r = decision.err().unwrap_or_default();
+                    let r = decision.err().map(|e| e.to_string()).unwrap_or_default();
                     crate::eline!(
                         "rrank: tensor-parallel all-reduce through NCCL only (the custom P2P path is off: {r})"
                     );
@@ -319,18 +351,19 @@ mod tests {
                 .collect()
         };
         assert_eq!(agree(&v(&["ok 4194304", "ok 1048576"])), Ok(1048576));
+        let refusal = |xs: &[&str]| agree(&v(xs)).map_err(|e| e.to_string());
         assert_eq!(
-            agree(&v(&[
+            refusal(&[
                 "ok 4194304",
                 "RRANK_ALLREDUCE=nccl",
                 "no peer access to rank 0's GPU"
-            ])),
+            ]),
             Err("rank 1: RRANK_ALLREDUCE=nccl".into())
         );
         assert_eq!(
-            agree(&v(&["ok", "ok 16"])),
+            refusal(&["ok", "ok 16"]),
             Err("rank 0: ok".into()),
-            "an old-style verdict"
+            "a verdict without a limit"
         );
     }
 }

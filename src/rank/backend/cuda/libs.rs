@@ -12,6 +12,30 @@ use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
+/// Why a CUDA library or the headers cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LibError {
+    #[error(
+        "no CUDA include folder with cuda_bf16.h for NVRTC (looked in {tried}); set CUDA_HOME or `pip install nvidia-cuda-runtime`"
+    )]
+    NoHeaders { tried: String },
+    #[error("cannot load {stem} (tried {names} on the loader's path and in {looked}); {how}")]
+    Missing {
+        stem: &'static str,
+        names: String,
+        looked: String,
+        how: &'static str,
+    },
+    #[error(
+        "{libs} still cannot be loaded after adding {added} to LD_LIBRARY_PATH; check that the files are readable and built for this machine"
+    )]
+    StillMissing { libs: String, added: String },
+    #[error("cannot find rrank's own path: {0}")]
+    OwnPath(std::io::Error),
+    #[error("cannot re-execute rrank with the CUDA library path: {0}")]
+    Reexec(std::io::Error),
+}
+
 /// A library cudarc will load, by the names it tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lib {
@@ -30,6 +54,16 @@ impl Lib {
             Lib::Cublas => &["libcublas.so", "libcublas.so.13"],
             Lib::CublasLt => &["libcublasLt.so", "libcublasLt.so.13"],
             Lib::Nccl => &["libnccl.so"],
+        }
+    }
+
+    fn stem(self) -> &'static str {
+        match self {
+            Lib::Driver => "libcuda",
+            Lib::Nvrtc => "libnvrtc",
+            Lib::Cublas => "libcublas",
+            Lib::CublasLt => "libcublasLt",
+            Lib::Nccl => "libnccl",
         }
     }
 
@@ -71,8 +105,7 @@ pub fn available(lib: Lib) -> bool {
 
 /// Python's `sys.path` (of `$RRUN_PYTHON`, else `python3`), for pip's CUDA wheels.
 pub fn python_paths() -> Vec<PathBuf> {
-    let py = std::env::var("RRUN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(py)
+    let out = std::process::Command::new(&crate::rank::knobs::get().python)
         .args([
             "-c",
             "import sys; print('\\n'.join(p for p in sys.path if p))",
@@ -112,7 +145,7 @@ fn lib_dirs(py: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// A CUDA include folder holding `cuda_bf16.h`, for NVRTC.
-pub fn include_dir() -> Result<PathBuf, String> {
+pub fn include_dir() -> Result<PathBuf, LibError> {
     let has = |d: &PathBuf| d.join("cuda_bf16.h").is_file();
     let homes: Vec<PathBuf> = cuda_homes()
         .into_iter()
@@ -134,10 +167,9 @@ pub fn include_dir() -> Result<PathBuf, String> {
         .chain(&pip)
         .map(|d| d.display().to_string())
         .collect();
-    Err(format!(
-        "no CUDA include folder with cuda_bf16.h for NVRTC (looked in {}); set CUDA_HOME or `pip install nvidia-cuda-runtime`",
-        tried.join(", ")
-    ))
+    Err(LibError::NoHeaders {
+        tried: tried.join(", "),
+    })
 }
 
 fn nccl_shim(py: &[PathBuf]) -> Option<PathBuf> {
@@ -153,12 +185,14 @@ fn nccl_shim(py: &[PathBuf]) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// Set for the re-executed process (`knobs::get().cuda_libs_reexec`), which must not
+/// re-execute again.
 const REEXEC_GUARD: &str = "RRANK_CUDA_LIBS_REEXEC";
 
 /// Makes `need` loadable: returns Ok when cudarc will find them all, re-executes
 /// this process with a longer `LD_LIBRARY_PATH` when that fixes it, or says which
 /// library is missing, where it was looked for and how to get it.
-pub fn ensure(need: &[Lib]) -> Result<(), String> {
+pub fn ensure(need: &[Lib]) -> Result<(), LibError> {
     let missing: Vec<Lib> = need.iter().copied().filter(|l| !available(*l)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -189,33 +223,26 @@ pub fn ensure(need: &[Lib]) -> Result<(), String> {
     }
     if let Some(lib) = unfound.first() {
         let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-        return Err(format!(
-            "cannot load {} (tried {} on the loader's path and in {}); {}",
-            match lib {
-                Lib::Driver => "libcuda",
-                Lib::Nvrtc => "libnvrtc",
-                Lib::Cublas => "libcublas",
-                Lib::CublasLt => "libcublasLt",
-                Lib::Nccl => "libnccl",
-            },
-            lib.names().join(", "),
-            looked.join(", "),
-            lib.what()
-        ));
+        return Err(LibError::Missing {
+            stem: lib.stem(),
+            names: lib.names().join(", "),
+            looked: looked.join(", "),
+            how: lib.what(),
+        });
     }
-    if std::env::var_os(REEXEC_GUARD).is_some() {
-        return Err(format!(
-            "{} still cannot be loaded after adding {} to LD_LIBRARY_PATH; check that the files are readable and built for this machine",
-            missing
+    if crate::rank::knobs::get().cuda_libs_reexec {
+        return Err(LibError::StillMissing {
+            libs: missing
                 .iter()
                 .map(|l| l.names()[l.names().len() - 1])
                 .collect::<Vec<_>>()
                 .join(", "),
-            add.iter()
+            added: add
+                .iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
-                .join(":")
-        ));
+                .join(":"),
+        });
     }
     let mut path: Vec<String> = add.iter().map(|d| d.display().to_string()).collect();
     if let Ok(old) = std::env::var("LD_LIBRARY_PATH")
@@ -223,13 +250,11 @@ pub fn ensure(need: &[Lib]) -> Result<(), String> {
     {
         path.push(old);
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find rrank's own path: {e}"))?;
+    let exe = std::env::current_exe().map_err(LibError::OwnPath)?;
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env("LD_LIBRARY_PATH", path.join(":"))
         .env(REEXEC_GUARD, "1")
         .exec();
-    Err(format!(
-        "cannot re-execute rrank with the CUDA library path: {err}"
-    ))
+    Err(LibError::Reexec(err))
 }

@@ -1,14 +1,14 @@
 //! cuBLASLt for the GEMMs of decode steps (a few token rows against a whole weight
-//! matrix, so memory-bound). `cublasGemmEx`'s default pick for these shapes left a
-//! good part of the memory bandwidth unused on H100 (o_proj, 4096×4096, at about half
-//! the rate of the large products). Here each shape `(dtype, m, n, k)` gets a plan:
+//! matrix, so memory-bound). For these shapes `cublasGemmEx`'s default pick leaves a
+//! good part of the memory bandwidth unused on H100 (o_proj, 4096×4096, runs at about
+//! half the rate of the large products). Here each shape `(dtype, m, n, k)` gets a plan:
 //! the heuristic's candidate algorithms are timed on the real operands the first time
 //! the shape runs outside a CUDA-graph capture, and the fastest is kept. Each timed run
 //! starts with the L2 cache overwritten: in a decode step every weight matrix comes
 //! from device memory, and timing repeats of one matrix that stays in the 50 MB L2
-//! picked algorithms that are slower on streamed weights (3eff056's tuner did that). A shape first
-//! met during a capture takes the heuristic's first choice untimed. Any failure makes
-//! the caller fall back to `cublasGemmEx` for that shape.
+//! picks algorithms that are slower on streamed weights. A shape first met during a
+//! capture takes the heuristic's first choice untimed. Any failure makes the caller
+//! fall back to `cublasGemmEx` for that shape.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

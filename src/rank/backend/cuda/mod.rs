@@ -170,19 +170,6 @@ pub struct Product {
     pub y: u64,
 }
 
-/// When the decode GEMV kernel runs instead of cuBLAS(Lt).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GemvMode {
-    /// `RRANK_GEMV=1`: for every GEMM it can do (m <= 8, 16-bit, aligned).
-    Always,
-    /// `RRANK_GEMV=0`.
-    Never,
-    /// Default: always for one token row (batch-1 decode: on H100, GEMV everywhere
-    /// decoded faster in CUDA graphs than the tuner's picks, 151.0 against 146.8 tok/s on
-    /// the 8B shape), else where the cuBLASLt tuner timed it fastest.
-    Tuned,
-}
-
 /// What a fused batch-1 GEMV makes its input from ([`Gpu::gemv_fused`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fused {
@@ -202,13 +189,12 @@ pub struct Gpu {
     pub total_mem: usize,
     /// Streaming multiprocessors (sizes the decode attention's context splits).
     pub sms: usize,
-    /// When decode GEMMs take the GEMV kernel (`RRANK_GEMV`).
-    gemv: GemvMode,
     blas: blas_sys::cublasHandle_t,
     funcs: HashMap<String, drv_sys::CUfunction>,
     /// cuBLAS's workspace (set once, so GEMMs can be captured in CUDA graphs).
     blas_workspace: DevBuf,
-    /// cuBLASLt plans for decode-sized GEMMs (`RRANK_CUBLASLT=0`: cublasGemmEx only).
+    /// cuBLASLt plans for decode-sized GEMMs (None where cuBLASLt did not start:
+    /// cublasGemmEx only).
     lt: Option<lt::Lt>,
     /// What the cuBLASLt tuner overwrites to empty the L2 cache between timed runs.
     lt_flush: DevBuf,
@@ -229,7 +215,7 @@ impl Gpu {
             libs::Lib::Cublas,
             libs::Lib::CublasLt,
         ])
-        .map_err(GpuError::Setup)?;
+        .map_err(|e| GpuError::Setup(e.to_string()))?;
         drv::init()
             .map_err(|e| GpuError::Setup(format!("the CUDA driver did not start: {e:?}")))?;
         let count = drv::device::get_count()
@@ -267,11 +253,11 @@ impl Gpu {
         let sms = ctx
             .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(run_err("multiprocessor count"))? as usize;
-        let include = libs::include_dir().map_err(GpuError::Setup)?;
+        let include = libs::include_dir().map_err(|e| GpuError::Setup(e.to_string()))?;
         let mut funcs = HashMap::new();
         for (mname, src) in nvrtc::MODULES {
             let img = nvrtc::compile(mname, &nvrtc::full_source(src), &arch, &include)
-                .map_err(GpuError::Setup)?;
+                .map_err(|e| GpuError::Setup(e.to_string()))?;
             // SAFETY: a CUBIN image produced by NVRTC for this GPU's architecture.
             let module = unsafe { drv::module::load_data(img.cubin.as_ptr() as *const c_void) }
                 .map_err(run_err("loading a kernel module"))?;
@@ -293,17 +279,12 @@ impl Gpu {
             name,
             total_mem,
             sms,
-            gemv: match std::env::var("RRANK_GEMV").as_deref() {
-                Ok("1") => GemvMode::Always,
-                Ok("0") => GemvMode::Never,
-                _ => GemvMode::Tuned,
-            },
             blas,
             funcs,
             blas_workspace: DevBuf { ptr: 0, bytes: 0 },
             lt: None,
             lt_flush: DevBuf { ptr: 0, bytes: 0 },
-            profile: profile::Profile::from_env(&ctx),
+            profile: profile::Profile::from_knobs(&ctx),
             stream,
             ctx,
         };
@@ -321,14 +302,12 @@ impl Gpu {
         if st != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
             return Err(GpuError::Run(format!("cublasSetWorkspace: {st:?}")));
         }
-        if std::env::var("RRANK_CUBLASLT").as_deref() != Ok("0") {
-            gpu.lt_flush = gpu.alloc(L2_FLUSH)?;
-            gpu.lt = lt::Lt::new(
-                gpu.blas_workspace.ptr,
-                BLAS_WORKSPACE,
-                (gpu.lt_flush.ptr, L2_FLUSH),
-            );
-        }
+        gpu.lt_flush = gpu.alloc(L2_FLUSH)?;
+        gpu.lt = lt::Lt::new(
+            gpu.blas_workspace.ptr,
+            BLAS_WORKSPACE,
+            (gpu.lt_flush.ptr, L2_FLUSH),
+        );
         Ok(gpu)
     }
 
@@ -473,18 +452,14 @@ impl Gpu {
     }
 
     /// Whether batch-1 products may take the GEMV kernels with a fused input
-    /// ([`Gpu::gemv_fused`]): 16-bit weights, `RRANK_GEMV` not 0, `RRANK_FUSE` not 0,
-    /// and rows of at most `k` elements that fit the kernel's shared memory.
+    /// ([`Gpu::gemv_fused`]): 16-bit weights and rows of `k` elements (a multiple of 8)
+    /// that fit the kernel's shared memory.
     pub fn gemv_fusable(&self, dt: DType, k: usize) -> bool {
-        dt != DType::F32
-            && self.gemv != GemvMode::Never
-            && std::env::var("RRANK_FUSE").as_deref() != Ok("0")
-            && k.is_multiple_of(8)
-            && k * dt.size() <= FUSED_SMEM_MAX
+        dt != DType::F32 && k.is_multiple_of(8) && k * dt.size() <= FUSED_SMEM_MAX
     }
 
     /// `out[n] = input · w[n, k]ᵀ` for one token row whose input the kernel makes
-    /// itself (kernels/llama.cu's gemv_pro_impl): [`Fused::Norm`] `rms_norm(x [+ y]) · nw`
+    /// itself (kernels/gemv.cu's gemv_pro_impl): [`Fused::Norm`] `rms_norm(x [+ y]) · nw`
     /// (with `y`, `x + y` is also written to `xo`), or [`Fused::Mlp`] `act(gate) · up`
     /// of the gate|up row `x`. Pointers 16-byte aligned; see [`Gpu::gemv_fusable`].
     #[allow(clippy::too_many_arguments)]
@@ -561,7 +536,7 @@ impl Gpu {
         .map(|_| ())
     }
 
-    /// [`Gpu::gemm`] on the path the settings and tuner pick; returns that path.
+    /// [`Gpu::gemm`] on the path the shape and the tuner pick; returns that path.
     fn gemm_now(&self, p: &Product) -> Result<&'static str> {
         let &Product {
             dt,
@@ -573,21 +548,21 @@ impl Gpu {
             y,
         } = p;
         // Decode steps (a few token rows, 16-bit weights) may take the weight-streaming
-        // GEMV kernel: always with RRANK_GEMV=1, never with 0, and by default for one
-        // row, and for 2-8 rows where the cuBLASLt tuner timed it faster than every
-        // cuBLASLt candidate for the shape.
+        // GEMV kernel: always for one row (batch-1 decode: on H100, GEMV for every
+        // product decodes the 8B shape faster in CUDA graphs than the tuner's picks,
+        // 151.0 against 146.8 tok/s), and for 2-8 rows where the cuBLASLt tuner timed it
+        // faster than every cuBLASLt candidate for the shape.
         let gemv_ok =
             m <= 8 && dt != DType::F32 && k.is_multiple_of(8) && (x | w | y).is_multiple_of(16);
         let gemv = || self.gemv(p).is_ok();
-        if gemv_ok && (self.gemv == GemvMode::Always || (self.gemv == GemvMode::Tuned && m == 1)) {
+        if gemv_ok && m == 1 {
             return self.gemv(p).map(|_| "gemv");
         }
         if m <= LT_MAX_M
             && dt != DType::F32
             && let Some(lt) = &self.lt
         {
-            let candidate: Option<&dyn Fn() -> bool> =
-                (gemv_ok && self.gemv == GemvMode::Tuned).then_some(&gemv);
+            let candidate: Option<&dyn Fn() -> bool> = gemv_ok.then_some(&gemv);
             if let Some(path) = lt.gemm(&self.ctx, &self.stream, p, candidate) {
                 return Ok(path);
             }
@@ -702,44 +677,93 @@ pub fn gib(b: usize) -> f64 {
 mod tests {
     use super::*;
 
+    /// The kernels of module `name` (nvrtc::MODULES).
+    fn module(name: &str) -> Vec<String> {
+        let (_, src) = nvrtc::MODULES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no module {name}"));
+        kernel_names(src)
+    }
+
+    fn has(kernels: &[String], k: &str) -> bool {
+        kernels.iter().any(|x| x == k)
+    }
+
     #[test]
     fn every_kernel_is_found_in_the_sources() {
-        let llama = kernel_names(nvrtc::MODULES[0].1);
-        assert!(llama.contains(&"convert_bf16_f32".to_string()), "{llama:?}");
-        assert!(llama.contains(&"attention_f16".to_string()));
-        assert!(llama.contains(&"rms_norm_bf16".to_string()));
-        assert!(llama.contains(&"rope_kv_bf16".to_string()));
-        assert!(llama.contains(&"attention_prefill_bf16".to_string()));
-        assert!(llama.contains(&"gemv1_bf16".to_string()));
-        assert!(llama.contains(&"attention_decode4_bf16".to_string()));
-        assert!(llama.contains(&"attention_merge_f32".to_string()));
-        assert!(llama.contains(&"attention_prefill_tc128_bf16".to_string()));
-        assert!(!llama.contains(&"attention_prefill_tc128_f32".to_string()));
-        // convert (9), 12 kernels × 3 types, gemv and attention_decode × 4 sizes × 3,
-        // attention_prefill_tc × 2 head sizes × 2 16-bit types, gemv_norm/gemv_silu/
-        // gemv_gelu/gemv_gelu_tanh × 2.
-        assert_eq!(
-            llama.len(),
-            9 + 3 * 12 + 2 * 3 * 4 + 2 * 2 + 4 * 2,
-            "{llama:?}"
-        );
-        assert!(llama.contains(&"gemv_silu_f16".to_string()));
+        let elementwise = module("elementwise");
+        assert!(has(&elementwise, "convert_bf16_f32"), "{elementwise:?}");
         for k in [
             "silu_mul_f32",
             "gelu_mul_bf16",
             "gelu_tanh_mul_f16",
-            "gemv_gelu_tanh_bf16",
+            "add_bias_f16",
+            "add_bf16",
         ] {
-            assert!(llama.contains(&k.to_string()), "{k}");
+            assert!(has(&elementwise, k), "{k}: {elementwise:?}");
         }
-        assert!(!llama.contains(&"gemv_norm_f32".to_string()));
+        // convert (9), act_mul × 3 activations, add_bias and add, × 3 types.
+        assert_eq!(elementwise.len(), 9 + 5 * 3, "{elementwise:?}");
+
+        let rows = module("norm_rope");
+        for k in [
+            "embed_f32",
+            "rms_norm_bf16",
+            "rope_kv_bf16",
+            "gather_rows_f16",
+        ] {
+            assert!(has(&rows, k), "{k}: {rows:?}");
+        }
+        assert_eq!(rows.len(), 4 * 3, "{rows:?}");
+
+        let decode = module("attention_decode");
+        for k in [
+            "attention_f16",
+            "attention_decode4_bf16",
+            "attention_merge_f32",
+        ] {
+            assert!(has(&decode, k), "{k}: {decode:?}");
+        }
+        // attention and attention_merge × 3 types, attention_decode × 4 sizes × 3.
+        assert_eq!(decode.len(), 2 * 3 + 4 * 3, "{decode:?}");
+
+        let prefill = module("attention_prefill");
+        assert!(has(&prefill, "attention_prefill_bf16"), "{prefill:?}");
+        assert!(has(&prefill, "attention_prefill_tc128_bf16"));
+        assert!(!has(&prefill, "attention_prefill_tc128_f32"));
+        // attention_prefill × 3 types, attention_prefill_tc × 2 head sizes × 2 16-bit types.
+        assert_eq!(prefill.len(), 3 + 2 * 2, "{prefill:?}");
+
+        let gemv = module("gemv");
+        assert!(has(&gemv, "gemv1_bf16"), "{gemv:?}");
+        assert!(has(&gemv, "gemv_silu_f16"));
+        assert!(has(&gemv, "gemv_gelu_tanh_bf16"));
+        assert!(!has(&gemv, "gemv_norm_f32"));
+        // gemv × 4 sizes × 3 types, gemv_norm/gemv_silu/gemv_gelu/gemv_gelu_tanh × 2.
+        assert_eq!(gemv.len(), 4 * 3 + 4 * 2, "{gemv:?}");
+
+        // The forward's kernels all told: as many as one module of them held.
         assert_eq!(
-            kernel_names(nvrtc::MODULES[1].1),
+            elementwise.len() + rows.len() + decode.len() + prefill.len() + gemv.len(),
+            9 + 3 * 12 + 2 * 3 * 4 + 2 * 2 + 4 * 2
+        );
+        assert_eq!(
+            module("sample"),
             ["sample_f32", "sample_bf16", "sample_f16"]
         );
         assert_eq!(
-            kernel_names(nvrtc::MODULES[2].1),
+            module("allreduce"),
             ["all_reduce_f32", "all_reduce_bf16", "all_reduce_f16"]
         );
+        // No kernel name is defined by two modules (the driver looks each up by name).
+        let mut all: Vec<String> = nvrtc::MODULES
+            .iter()
+            .flat_map(|(_, src)| kernel_names(src))
+            .collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
     }
 }

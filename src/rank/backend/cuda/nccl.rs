@@ -7,7 +7,7 @@
 //!   all-reduces and the logits all-gather); with one stage the world comm serves.
 //!
 //! `<attempt>` is torchelastic's restart count, so a restarted job never joins the
-//! ids of the run before. Every rank creates its communicators in the same order.
+//! ids of an earlier attempt. Every rank creates its communicators in the same order.
 
 use std::ffi::c_void;
 

@@ -1,7 +1,7 @@
 //! Kernel compilation: the sources in `kernels/` (with `common.cuh` prepended) are
 //! compiled by NVRTC at start-up to a CUBIN for the GPU's architecture, and cached
-//! on disk under a SHA-256 of source, options, NVRTC version and architecture
-//! (`$RRUN_KERNEL_CACHE`, else `$XDG_CACHE_HOME/rrun/kernels`, else
+//! on disk under a SHA-256 of source, options, NVRTC version and architecture, one
+//! file per module (`$RRUN_KERNEL_CACHE`, else `$XDG_CACHE_HOME/rrun/kernels`, else
 //! `~/.cache/rrun/kernels`). Written to a temporary file and renamed, so ranks
 //! compiling at once never read half a file.
 
@@ -13,9 +13,26 @@ use sha2::{Digest, Sha256};
 
 const COMMON: &str = include_str!("../../../../kernels/common.cuh");
 
-/// Every kernel module: (name, source without the prelude).
-pub const MODULES: [(&str, &str); 3] = [
-    ("llama", include_str!("../../../../kernels/llama.cu")),
+/// Every kernel module: (name, source without the prelude). Each compiles to its own
+/// CUBIN and has its own entry in the disk cache.
+pub const MODULES: [(&str, &str); 7] = [
+    (
+        "elementwise",
+        include_str!("../../../../kernels/elementwise.cu"),
+    ),
+    (
+        "norm_rope",
+        include_str!("../../../../kernels/norm_rope.cu"),
+    ),
+    (
+        "attention_decode",
+        include_str!("../../../../kernels/attention_decode.cu"),
+    ),
+    (
+        "attention_prefill",
+        include_str!("../../../../kernels/attention_prefill.cu"),
+    ),
+    ("gemv", include_str!("../../../../kernels/gemv.cu")),
     ("sample", include_str!("../../../../kernels/sample.cu")),
     (
         "allreduce",
@@ -23,24 +40,53 @@ pub const MODULES: [(&str, &str); 3] = [
     ),
 ];
 
+/// Why a kernel module did not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum NvrtcError {
+    #[error("nvrtcVersion failed: {0:?}")]
+    Version(result::NvrtcError),
+    #[error("kernel {module} contains a NUL byte")]
+    Nul { module: String },
+    #[error("NVRTC could not create program {module}: {code:?}")]
+    Create {
+        module: String,
+        code: result::NvrtcError,
+    },
+    #[error("kernel module {module} did not compile ({code:?}) with {options}:\n{log}")]
+    Compile {
+        module: String,
+        code: result::NvrtcError,
+        options: String,
+        log: String,
+    },
+    #[error("{call} for {module}: {code:?}")]
+    Cubin {
+        call: &'static str,
+        module: String,
+        code: result::NvrtcError,
+    },
+    #[error(transparent)]
+    Include(#[from] super::libs::LibError),
+}
+
 /// The full source NVRTC compiles for a module.
 pub fn full_source(src: &str) -> String {
     format!("{COMMON}\n{src}")
 }
 
 /// NVRTC's version as (major, minor).
-pub fn version() -> Result<(i32, i32), String> {
+pub fn version() -> Result<(i32, i32), NvrtcError> {
     let (mut a, mut b) = (0, 0);
     // SAFETY: two valid out-pointers.
     unsafe { sys::nvrtcVersion(&mut a, &mut b) }
         .result()
-        .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
+        .map_err(NvrtcError::Version)?;
     Ok((a, b))
 }
 
 fn cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("RRUN_KERNEL_CACHE") {
-        return Some(PathBuf::from(d));
+    if let Some(d) = &crate::rank::knobs::get().kernel_cache {
+        return Some(d.clone());
     }
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return Some(PathBuf::from(d).join("rrun/kernels"));
@@ -64,7 +110,7 @@ pub struct Image {
 }
 
 /// Compiles `src` (full source) for `arch` (e.g. `sm_90`), using the disk cache.
-pub fn compile(name: &str, src: &str, arch: &str, include: &Path) -> Result<Image, String> {
+pub fn compile(name: &str, src: &str, arch: &str, include: &Path) -> Result<Image, NvrtcError> {
     let opts = options(arch, include);
     let (ma, mi) = version()?;
     let mut h = Sha256::new();
@@ -103,16 +149,23 @@ pub fn compile(name: &str, src: &str, arch: &str, include: &Path) -> Result<Imag
     })
 }
 
-fn compile_uncached(name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>, String> {
+fn compile_uncached(name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>, NvrtcError> {
     compile_with_log(name, src, opts).map(|(cubin, _)| cubin)
 }
 
 /// The CUBIN and the program log of a compile (ptxas's report with `--ptxas-options=-v`).
-fn compile_with_log(name: &str, src: &str, opts: &[String]) -> Result<(Vec<u8>, String), String> {
-    let csrc = CString::new(src).map_err(|_| format!("kernel {name} contains a NUL byte"))?;
+fn compile_with_log(
+    name: &str,
+    src: &str,
+    opts: &[String],
+) -> Result<(Vec<u8>, String), NvrtcError> {
+    let module = || name.to_string();
+    let csrc = CString::new(src).map_err(|_| NvrtcError::Nul { module: module() })?;
     let cname = CString::new(name).expect("module names have no NUL");
-    let prog = result::create_program(&csrc, Some(&cname))
-        .map_err(|e| format!("NVRTC could not create program {name}: {e:?}"))?;
+    let prog = result::create_program(&csrc, Some(&cname)).map_err(|code| NvrtcError::Create {
+        module: module(),
+        code,
+    })?;
     // SAFETY: `prog` is a live program until destroy_program below.
     unsafe {
         let compiled = result::compile_program(prog, opts);
@@ -123,20 +176,30 @@ fn compile_with_log(name: &str, src: &str, opts: &[String]) -> Result<(Vec<u8>, 
             })
             .unwrap_or_default();
         let r = match compiled {
-            Err(e) => Err(format!(
-                "kernel module {name} did not compile ({e:?}) with {}:\n{log}",
-                opts.join(" ")
-            )),
+            Err(code) => Err(NvrtcError::Compile {
+                module: module(),
+                code,
+                options: opts.join(" "),
+                log,
+            }),
             Ok(()) => {
                 let mut size = 0usize;
                 match sys::nvrtcGetCUBINSize(prog, &mut size).result() {
-                    Err(e) => Err(format!("nvrtcGetCUBINSize for {name}: {e:?}")),
+                    Err(code) => Err(NvrtcError::Cubin {
+                        call: "nvrtcGetCUBINSize",
+                        module: module(),
+                        code,
+                    }),
                     Ok(()) => {
                         let mut buf = vec![0u8; size];
                         sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _)
                             .result()
                             .map(|_| (buf, log))
-                            .map_err(|e| format!("nvrtcGetCUBIN for {name}: {e:?}"))
+                            .map_err(|code| NvrtcError::Cubin {
+                                call: "nvrtcGetCUBIN",
+                                module: module(),
+                                code,
+                            })
                     }
                 }
             }
@@ -147,7 +210,7 @@ fn compile_with_log(name: &str, src: &str, opts: &[String]) -> Result<(Vec<u8>, 
 }
 
 /// Compiles every module for `arch` (what CI runs, with no GPU): (name, bytes, cached).
-pub fn compile_all(arch: &str) -> Result<Vec<(String, usize, bool)>, String> {
+pub fn compile_all(arch: &str) -> Result<Vec<(String, usize, bool)>, NvrtcError> {
     let include = super::libs::include_dir()?;
     MODULES
         .iter()
@@ -161,7 +224,7 @@ pub fn compile_all(arch: &str) -> Result<Vec<(String, usize, bool)>, String> {
 /// Registers, shared memory and spills of every kernel for `arch`, from ptxas's report
 /// (`rrank kernels --resources`): one line per kernel, e.g.
 /// `attention_bf16: 62 registers, 33152 bytes shared, 0 bytes spilled`.
-pub fn resources(arch: &str) -> Result<Vec<String>, String> {
+pub fn resources(arch: &str) -> Result<Vec<String>, NvrtcError> {
     let include = super::libs::include_dir()?;
     let mut opts = options(arch, &include);
     opts.push("--ptxas-options=-v".into());

@@ -21,8 +21,8 @@ pub struct Profile {
 
 impl Profile {
     /// A profile when `RRANK_PROFILE=1`.
-    pub fn from_env(ctx: &Arc<CudaContext>) -> Option<Profile> {
-        (std::env::var("RRANK_PROFILE").as_deref() == Ok("1")).then(|| Profile {
+    pub fn from_knobs(ctx: &Arc<CudaContext>) -> Option<Profile> {
+        crate::rank::knobs::get().profile.then(|| Profile {
             ctx: ctx.clone(),
             pending: RefCell::default(),
             free: RefCell::default(),

@@ -2,8 +2,8 @@
 //! memory-mapped checkpoint is copied into one of two page-locked buffers by all of
 //! rayon's threads at once (so the page-cache faults and copies run in parallel),
 //! then sent with an asynchronous DMA while the next piece fills the other buffer.
-//! A copy straight from the map (the way before) goes through the driver's own
-//! staging buffer on one thread, page faults included.
+//! (A copy straight from the map would go through the driver's own staging buffer
+//! on one thread, page faults included.)
 
 use std::ffi::c_void;
 

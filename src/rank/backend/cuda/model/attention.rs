@@ -10,7 +10,7 @@ use super::CudaModel;
 use super::meta::MetaPtrs;
 use super::workspace::Ws;
 
-/// Threads of a per-token attention block: 16 warps, or 32 (kernels/llama.cu's
+/// Threads of a per-token attention block: 16 warps, or 32 (kernels/attention_decode.cu's
 /// RR_ATT_WARPS) when the step has so few blocks that the GPU's multiprocessors would
 /// idle (batch-1 decode: one block per head), so each block's keys go twice as fast.
 fn attention_threads(blocks: usize) -> u32 {
@@ -25,11 +25,11 @@ const MAX_SPLITS: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum DecodeAttention {
     /// `attention_decode{gm}`: one block per (token, KV head, split) for up to `gm`
-    /// query heads sharing the KV head, `tg` lanes per key (kernels/llama.cu).
+    /// query heads sharing the KV head, `tg` lanes per key (kernels/attention_decode.cu).
     Grouped { gm: usize, tg: usize },
     /// `attention`: one block per (token, query head); for head sizes the grouped
     /// kernel does not take (head_dim % 8 != 0 or > 256, > 8 query heads per KV
-    /// head) and with `RRANK_ATTENTION=per-head` (for comparisons).
+    /// head) and with `RRANK_ATTENTION=per-head`.
     PerHead,
 }
 

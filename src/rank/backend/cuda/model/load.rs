@@ -14,6 +14,7 @@ use super::workspace::Workspace;
 use super::{Comms, CudaModel};
 use crate::rank::backend::Options;
 use crate::rank::dist::Placement;
+use crate::rank::knobs;
 use crate::rank::model::checkpoint::Weights;
 use crate::rank::model::config::ModelConfig;
 use crate::rank::model::recipe::{self, Tensor};
@@ -124,7 +125,7 @@ impl CudaModel {
         let attention = DecodeAttention::choose(
             cfg.head_dim,
             (cfg.num_heads / cfg.num_kv_heads).min(shard.heads),
-            std::env::var("RRANK_ATTENTION").as_deref() == Ok("per-head"),
+            knobs::get().attention == knobs::Attention::PerHead,
         );
         let fuse = gpu.gemv_fusable(dt, cfg.hidden_size) && gpu.gemv_fusable(dt, shard.inter);
         let mut m = CudaModel {
@@ -143,7 +144,7 @@ impl CudaModel {
             times: ([0.0; 3], 0),
             prefill_tc: dt != DType::F32
                 && matches!(cfg.head_dim, 64 | 128)
-                && std::env::var("RRANK_PREFILL_ATTENTION").as_deref() != Ok("cuda-cores"),
+                && knobs::get().prefill_attention != knobs::PrefillAttention::CudaCores,
             fuse,
             comms,
             dt,

@@ -37,7 +37,7 @@ pub(super) struct MetaPtrs {
     pub(super) n_tiles: usize,
 }
 
-/// Tokens per prefill attention tile (kernels/llama.cu's RR_TQ).
+/// Tokens per prefill attention tile (kernels/attention_prefill.cu's RR_TQ).
 pub(super) const TILE_TOKENS: usize = 32;
 
 impl Meta {
