@@ -33,6 +33,8 @@ pub enum LaunchError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Rendezvous(#[from] RdzvError),
+    #[error(transparent)]
+    Logs(#[from] logs::LogError),
     #[error("{0}")]
     Setup(String),
 }
@@ -51,14 +53,12 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
         tlog::log('W', tlog::src::RUN, OMP_WARNING);
     }
     let mut rdzv = Rendezvous::join(&cfg)?;
-    let log_root = logs::LogRoot::create(&cfg).map_err(LaunchError::Setup)?;
+    let log_root = logs::LogRoot::create(&cfg)?;
     let host = net::fqdn();
     let mut restart_count: u32 = 0;
     loop {
         let ranks = rdzv.assign_ranks(&cfg.role, cfg.nproc)?;
-        let attempt = log_root
-            .attempt(restart_count, cfg.nproc)
-            .map_err(LaunchError::Setup)?;
+        let attempt = log_root.attempt(restart_count, cfg.nproc)?;
         let stdout_dups = logs::Duplicates::new(
             &cfg.stdout_filters,
             attempt.as_deref(),

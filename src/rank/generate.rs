@@ -31,12 +31,11 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         (None, Some(text)) => {
             let codec = codec.as_ref().expect("loaded for a text prompt");
             if !args.raw && codec.has_chat_template() {
-                let rendered = codec
-                    .apply_chat_template(&json!([{"role": "user", "content": text}]), true)
-                    .map_err(RankError::Invalid)?;
-                codec.encode(&rendered, false).map_err(RankError::Invalid)?
+                let rendered =
+                    codec.apply_chat_template(&json!([{"role": "user", "content": text}]), true)?;
+                codec.encode(&rendered, false)?
             } else {
-                codec.encode(text, true).map_err(RankError::Invalid)?
+                codec.encode(text, true)?
             }
         }
         (None, None) => {

@@ -124,7 +124,7 @@ fn check_gpu_sharing(store: &mut Client, env: &RankEnv, gpu: &Gpu) -> Result<(),
 
 /// Validates everything that can be validated without weights, then connects.
 pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, RankError> {
-    let env = RankEnv::from_env().map_err(RankError::Invalid)?;
+    let env = RankEnv::from_env()?;
     let dir = model_dir(engine)?;
     let cfg = ModelConfig::load(&dir)?;
     let (tp, pp) = (engine.tensor_parallel_size, engine.pipeline_parallel_size);
@@ -198,7 +198,7 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
             },
         )
         .map_err(|e| RankError::Runtime(e.to_string()))?;
-        let comm = TcpComm::connect(&env, &mut store).map_err(RankError::Runtime)?;
+        let comm = TcpComm::connect(&env, &mut store)?;
         if let Some(g) = &gpu {
             check_gpu_sharing(&mut store, &env, g)?;
         }

@@ -197,7 +197,7 @@ impl Executor {
             let b = comm
                 .broadcast(&world, 0, vec![])
                 .map_err(|e| format!("lost rank 0: {e}"))?;
-            match Plan::decode(&b)? {
+            match Plan::decode(&b).map_err(|e| e.to_string())? {
                 Plan::Shutdown => return Ok(()),
                 Plan::Step(seqs) => {
                     self.step(comm, &seqs)

@@ -99,8 +99,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
             gauges: Mutex::new(vec![]),
             latency: Arc::new(Mutex::new(metrics::Latency::default())),
         });
-        let server =
-            http::spawn(state.clone(), &serve.host, serve.port).map_err(RankError::Runtime)?;
+        let server = http::spawn(state.clone(), &serve.host, serve.port)?;
         crate::eline!(
             "rrank: listening on http://{} (503 until the weights are loaded)",
             server.addr
