@@ -378,4 +378,15 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&[], 50.0), 0.0);
     }
+
+    #[test]
+    fn base_url_errors() {
+        let err = |url: &str| {
+            let a = BenchArgs::try_parse_from(["rrun-bench", "--base-url", url]).unwrap();
+            run(&a).unwrap_err().to_string()
+        };
+        assert_eq!(err("https://h:1"), "--base-url must start with http://");
+        assert_eq!(err("http://h"), "--base-url needs a port");
+        assert_eq!(err("http://h:x"), "bad port in --base-url");
+    }
 }

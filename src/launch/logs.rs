@@ -305,6 +305,40 @@ mod tests {
         );
     }
 
+    fn config(args: &[&str]) -> Config {
+        use clap::Parser;
+        let mut argv = vec!["rrun"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--no-python", "true"]);
+        Config::from_cli(crate::launch::cli::Cli::try_parse_from(argv).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn log_dir_errors_name_the_directory() {
+        let file = std::env::temp_dir().join(format!("rrun-logs-test-{}", rand8()));
+        fs::write(&file, b"x").unwrap();
+        let shown = file.display().to_string();
+        let e = LogRoot::create(&config(&["--log-dir", &shown]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("log_dir: {shown} is a file; give --log-dir a directory")
+        );
+        let below = format!("{shown}/sub");
+        let e = LogRoot::create(&config(&["--log-dir", &below]))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot create --log-dir {below}: ")),
+            "{e}"
+        );
+        fs::remove_file(&file).unwrap();
+        let root = LogRoot::create(&config(&["--log-dir", "/dev/null"])).unwrap();
+        assert_eq!(root.attempt(0, 2).unwrap(), None);
+    }
+
     #[test]
     fn rand_names_use_tempfile_alphabet() {
         let r = rand8();

@@ -35,8 +35,14 @@ pub enum LaunchError {
     Rendezvous(#[from] RdzvError),
     #[error(transparent)]
     Logs(#[from] logs::LogError),
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    WorkerEnv(#[from] env::EnvError),
+    #[error("cannot start local rank {local_rank} ({program}): {source}")]
+    Spawn {
+        local_rank: usize,
+        program: String,
+        source: std::io::Error,
+    },
 }
 
 const OMP_WARNING: &str = "\n*****************************************\nSetting OMP_NUM_THREADS environment variable for each process to be 1 in default, to avoid your system being overloaded, please further tune the variable for optimal performance in your application as needed. \n*****************************************";
@@ -83,7 +89,7 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
             };
             let worker_env =
                 env::worker_env(&cfg, &ranks, &rdzv.master, lr, restart_count, &error_file);
-            let spawned = worker_env.map_err(|e| e.to_string()).and_then(|env| {
+            let spawned = worker_env.map_err(LaunchError::from).and_then(|env| {
                 Worker::spawn(WorkerSpec {
                     local_rank: lr,
                     global_rank: rank,
@@ -94,13 +100,17 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
                     stdout_dups: stdout_dups.clone(),
                     stderr_dups: stderr_dups.clone(),
                 })
-                .map_err(|e| format!("cannot start local rank {lr} ({}): {e}", cfg.argv[0]))
+                .map_err(|source| LaunchError::Spawn {
+                    local_rank: lr,
+                    program: cfg.argv[0].clone(),
+                    source,
+                })
             });
             match spawned {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     supervise::shut_down(&mut workers, libc::SIGTERM, cfg.term_timeout, &signals);
-                    return Err(LaunchError::Setup(e));
+                    return Err(e);
                 }
             }
         }

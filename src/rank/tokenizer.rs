@@ -199,6 +199,22 @@ mod tests {
     }
 
     #[test]
+    fn template_errors_say_what_failed() {
+        let mut c = codec();
+        let msgs = serde_json::json!([{"role": "user", "content": "hi"}]);
+        assert!(c.apply_chat_template(&msgs, true).is_ok());
+        c.template = Some("{% if %}".into());
+        let e = c.apply_chat_template(&msgs, true).unwrap_err();
+        assert!(matches!(e, TextError::Template(_)), "{e}");
+        assert!(e.to_string().starts_with("chat template: "), "{e}");
+        c.template = None;
+        assert_eq!(
+            c.apply_chat_template(&msgs, true).unwrap_err().to_string(),
+            "the model has no chat template (chat_template.jinja or tokenizer_config.json)"
+        );
+    }
+
+    #[test]
     fn incremental_text_adds_up_to_the_whole_decode() {
         let c = codec();
         // Byte-level BPE over the whole byte alphabet: random ids make broken UTF-8 too.
