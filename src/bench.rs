@@ -56,6 +56,58 @@ pub struct BenchArgs {
     pub quiet: bool,
 }
 
+/// Why a request or the benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    BadUrl(&'static str),
+    #[error("cannot connect to {host}:{port}: {source}")]
+    Connect {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("{0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("HTTP error: {0}")]
+    Status(String),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// An `error` event in the stream.
+    #[error("{0}")]
+    Server(Value),
+    #[error("no model in /v1/models: {0}")]
+    NoModel(Value),
+    #[error("{}: {source}", .path.display())]
+    PromptsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", .path.display())]
+    WriteResult {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(std::io::Error),
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Limit(#[from] tokio::sync::AcquireError),
+}
+
+async fn connect(host: &str, port: u16) -> Result<tokio::net::TcpStream, BenchError> {
+    tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|source| BenchError::Connect {
+            host: host.to_string(),
+            port,
+            source,
+        })
+}
+
 /// What one request measured.
 #[derive(Debug, Clone, Default)]
 struct Sample {
@@ -103,22 +155,17 @@ impl SplitMix {
 async fn post_stream(host: &str, port: u16, body: Value) -> Sample {
     let start = Instant::now();
     let mut s = Sample::default();
-    let r: Result<(), String> = async {
-        let sock = tokio::net::TcpStream::connect((host, port))
-            .await
-            .map_err(|e| e.to_string())?;
+    let r: Result<(), BenchError> = async {
+        let sock = connect(host, port).await?;
         sock.set_nodelay(true).ok();
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock))
-                .await
-                .map_err(|e| e.to_string())?;
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock)).await?;
         tokio::spawn(conn);
         let req = hyper::Request::post("/v1/completions")
             .header("host", host)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            .body(Full::new(Bytes::from(body.to_string())))?;
+        let resp = sender.send_request(req).await?;
         if !resp.status().is_success() {
             let b = resp
                 .into_body()
@@ -126,13 +173,13 @@ async fn post_stream(host: &str, port: u16, body: Value) -> Sample {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            return Err(format!("HTTP error: {}", String::from_utf8_lossy(&b)));
+            return Err(BenchError::Status(String::from_utf8_lossy(&b).into_owned()));
         }
         let mut body = resp.into_body();
         let mut buf = Vec::new();
         let mut last = start;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
+            let frame = frame?;
             let Some(data) = frame.data_ref() else {
                 continue;
             };
@@ -146,9 +193,9 @@ async fn post_stream(host: &str, port: u16, body: Value) -> Sample {
                 if payload == "[DONE]" {
                     continue;
                 }
-                let v: Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+                let v: Value = serde_json::from_str(payload)?;
                 if let Some(e) = v.get("error") {
-                    return Err(e.to_string());
+                    return Err(BenchError::Server(e.clone()));
                 }
                 if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                     s.output_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
@@ -174,53 +221,43 @@ async fn post_stream(host: &str, port: u16, body: Value) -> Sample {
     s.e2e = start.elapsed().as_secs_f64();
     match r {
         Ok(()) => s.ok = true,
-        Err(e) => s.error = e,
+        Err(e) => s.error = e.to_string(),
     }
     s
 }
 
-async fn first_model(host: &str, port: u16) -> Result<String, String> {
-    let sock = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+async fn first_model(host: &str, port: u16) -> Result<String, BenchError> {
+    let sock = connect(host, port).await?;
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock))
-            .await
-            .map_err(|e| e.to_string())?;
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock)).await?;
     tokio::spawn(conn);
     let req = hyper::Request::get("/v1/models")
         .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let b = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let v: Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
-    v["data"][0]["id"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("no model in /v1/models: {v}"))
+        .body(Full::new(Bytes::new()))?;
+    let resp = sender.send_request(req).await?;
+    let b = resp.into_body().collect().await?.to_bytes();
+    let v: Value = serde_json::from_slice(&b)?;
+    match v["data"][0]["id"].as_str() {
+        Some(id) => Ok(id.to_string()),
+        None => Err(BenchError::NoModel(v)),
+    }
 }
 
 /// Runs the benchmark; returns the JSON results (also printed as a table).
-pub fn run(a: &BenchArgs) -> Result<Value, String> {
+pub fn run(a: &BenchArgs) -> Result<Value, BenchError> {
     let url = a.base_url.trim_end_matches('/');
     let hostport = url
         .strip_prefix("http://")
-        .ok_or("--base-url must start with http://")?;
+        .ok_or(BenchError::BadUrl("--base-url must start with http://"))?;
     let (host, port) = hostport
         .rsplit_once(':')
         .map(|(h, p)| (h.to_string(), p.parse::<u16>()))
-        .ok_or("--base-url needs a port")?;
-    let port = port.map_err(|_| "bad port in --base-url")?;
+        .ok_or(BenchError::BadUrl("--base-url needs a port"))?;
+    let port = port.map_err(|_| BenchError::BadUrl("bad port in --base-url"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(BenchError::Runtime)?;
     rt.block_on(async {
         let model = match &a.model {
             Some(m) => m.clone(),
@@ -228,7 +265,7 @@ pub fn run(a: &BenchArgs) -> Result<Value, String> {
         };
         let mut rng = SplitMix(a.seed);
         let lines: Option<Vec<String>> = match &a.prompts_file {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?.lines().filter(|l| !l.is_empty()).map(str::to_string).collect()),
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|source| BenchError::PromptsFile { path: p.clone(), source })?.lines().filter(|l| !l.is_empty()).map(str::to_string).collect()),
             None => None,
         };
         let bodies: Vec<Value> = (0..a.num_prompts)
@@ -250,7 +287,7 @@ pub fn run(a: &BenchArgs) -> Result<Value, String> {
                 let gap = -(1.0 - rng.unit()).ln() / rate;
                 tokio::time::sleep(Duration::from_secs_f64(gap)).await;
             }
-            let permit = limit.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+            let permit = limit.clone().acquire_owned().await?;
             let (host, bar) = (host.clone(), bar.clone());
             tasks.push(tokio::spawn(async move {
                 let s = post_stream(&host, port, body).await;
@@ -261,7 +298,7 @@ pub fn run(a: &BenchArgs) -> Result<Value, String> {
         }
         let mut samples = Vec::new();
         for t in tasks {
-            samples.push(t.await.map_err(|e| e.to_string())?);
+            samples.push(t.await?);
         }
         bar.finish_and_clear();
         let dur = start.elapsed().as_secs_f64();
@@ -281,6 +318,19 @@ pub fn run(a: &BenchArgs) -> Result<Value, String> {
             "ttft": stats(&ttft), "tpot": stats(&tpot), "itl": stats(&itl), "e2e": stats(&e2e),
         });
         Ok(result)
+    })
+}
+
+/// Writes [`run`]'s JSON to `--result-json`, when given.
+pub fn write_result(a: &BenchArgs, r: &Value) -> Result<(), BenchError> {
+    let Some(path) = &a.result_json else {
+        return Ok(());
+    };
+    std::fs::write(path, serde_json::to_string_pretty(r)?).map_err(|source| {
+        BenchError::WriteResult {
+            path: path.clone(),
+            source,
+        }
     })
 }
 
@@ -327,5 +377,16 @@ mod tests {
         assert_eq!(percentile(&v, 50.0), 51.0);
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn base_url_errors() {
+        let err = |url: &str| {
+            let a = BenchArgs::try_parse_from(["rrun-bench", "--base-url", url]).unwrap();
+            run(&a).unwrap_err().to_string()
+        };
+        assert_eq!(err("https://h:1"), "--base-url must start with http://");
+        assert_eq!(err("http://h"), "--base-url needs a port");
+        assert_eq!(err("http://h:x"), "bad port in --base-url");
     }
 }

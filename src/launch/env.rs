@@ -25,6 +25,19 @@ pub struct MasterInfo {
     pub use_agent_store: bool,
 }
 
+/// A worker environment that cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error(
+        "--virtual-local-rank: local rank {local_rank} has no GPU in CUDA_VISIBLE_DEVICES={list:?} ({entries} entries); lower --nproc-per-node or list more GPUs"
+    )]
+    NoGpu {
+        local_rank: usize,
+        list: String,
+        entries: usize,
+    },
+}
+
 /// True when rrun must set OMP_NUM_THREADS=1 (unset and more than one worker).
 pub fn omp_defaulted(nproc: usize) -> bool {
     nproc > 1 && std::env::var_os("OMP_NUM_THREADS").is_none()
@@ -38,7 +51,7 @@ pub fn worker_env(
     lr: usize,
     restart_count: u32,
     error_file: &str,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, EnvError> {
     let mut env: Vec<(String, String)> = Vec::with_capacity(21);
     let mut put = |k: &str, v: String| env.push((k.to_string(), v));
     put(
@@ -83,11 +96,10 @@ pub fn worker_env(
                 items
                     .get(lr)
                     .map(|s| s.trim().to_string())
-                    .ok_or_else(|| {
-                        format!(
-                            "--virtual-local-rank: local rank {lr} has no GPU in CUDA_VISIBLE_DEVICES={list:?} ({} entries); lower --nproc-per-node or list more GPUs",
-                            items.len()
-                        )
+                    .ok_or_else(|| EnvError::NoGpu {
+                        local_rank: lr,
+                        list: list.clone(),
+                        entries: items.len(),
                     })?
             }
             Err(_) => lr.to_string(),

@@ -49,6 +49,19 @@ fn tmp_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
+/// Why a log directory could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log_dir: {0} is a file; give --log-dir a directory")]
+    IsAFile(String),
+    #[error("cannot create --log-dir {dir}: {source}")]
+    LogDir { dir: String, source: io::Error },
+    #[error("cannot create a log directory in {}: {source}", .parent.display())]
+    RunDir { parent: PathBuf, source: io::Error },
+    #[error("cannot create {}: {source}", .dir.display())]
+    Attempt { dir: PathBuf, source: io::Error },
+}
+
 /// The run's log directory, created once and reused by every attempt.
 pub struct LogRoot {
     /// None when the log dir is /dev/null (no files at all).
@@ -58,43 +71,48 @@ pub struct LogRoot {
 impl LogRoot {
     /// Creates `<root>/<run_id>_<rand8>`; the root is `--log-dir` or a fresh
     /// `/tmp/torchelastic_<rand8>`, as torchrun does.
-    pub fn create(cfg: &Config) -> Result<LogRoot, String> {
+    pub fn create(cfg: &Config) -> Result<LogRoot, LogError> {
         let root = match cfg.log_dir.as_deref() {
             Some("/dev/null") => return Ok(LogRoot { run_dir: None }),
             Some(d) if !d.is_empty() => {
                 let p = PathBuf::from(d);
                 if p.is_file() {
-                    return Err(format!(
-                        "log_dir: {d} is a file; give --log-dir a directory"
-                    ));
+                    return Err(LogError::IsAFile(d.to_string()));
                 }
-                fs::create_dir_all(&p).map_err(|e| format!("cannot create --log-dir {d}: {e}"))?;
+                fs::create_dir_all(&p).map_err(|source| LogError::LogDir {
+                    dir: d.to_string(),
+                    source,
+                })?;
                 p
             }
-            _ => mkdtemp(&tmp_dir(), "torchelastic_").map_err(|e| {
-                format!(
-                    "cannot create a log directory in {}: {e}",
-                    tmp_dir().display()
-                )
-            })?,
+            _ => {
+                let parent = tmp_dir();
+                mkdtemp(&parent, "torchelastic_")
+                    .map_err(|source| LogError::RunDir { parent, source })?
+            }
         };
-        let run_dir = mkdtemp(&root, &format!("{}_", cfg.run_id))
-            .map_err(|e| format!("cannot create a log directory in {}: {e}", root.display()))?;
+        let run_dir =
+            mkdtemp(&root, &format!("{}_", cfg.run_id)).map_err(|source| LogError::RunDir {
+                parent: root.clone(),
+                source,
+            })?;
         Ok(LogRoot {
             run_dir: Some(run_dir),
         })
     }
 
     /// Makes `attempt_<k>/` (emptied first) and `attempt_<k>/<lr>/` for each rank.
-    pub fn attempt(&self, restart_count: u32, nproc: usize) -> Result<Option<PathBuf>, String> {
+    pub fn attempt(&self, restart_count: u32, nproc: usize) -> Result<Option<PathBuf>, LogError> {
         let Some(run) = &self.run_dir else {
             return Ok(None);
         };
         let dir = run.join(format!("attempt_{restart_count}"));
         let _ = fs::remove_dir_all(&dir);
         for lr in 0..nproc {
-            fs::create_dir_all(dir.join(lr.to_string()))
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            fs::create_dir_all(dir.join(lr.to_string())).map_err(|source| LogError::Attempt {
+                dir: dir.clone(),
+                source,
+            })?;
         }
         Ok(Some(dir))
     }
@@ -285,6 +303,40 @@ mod tests {
             expand_template("$rank-${unknown}", "d", 2, 0),
             "2-${unknown}"
         );
+    }
+
+    fn config(args: &[&str]) -> Config {
+        use clap::Parser;
+        let mut argv = vec!["rrun"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--no-python", "true"]);
+        Config::from_cli(crate::launch::cli::Cli::try_parse_from(argv).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn log_dir_errors_name_the_directory() {
+        let file = std::env::temp_dir().join(format!("rrun-logs-test-{}", rand8()));
+        fs::write(&file, b"x").unwrap();
+        let shown = file.display().to_string();
+        let e = LogRoot::create(&config(&["--log-dir", &shown]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("log_dir: {shown} is a file; give --log-dir a directory")
+        );
+        let below = format!("{shown}/sub");
+        let e = LogRoot::create(&config(&["--log-dir", &below]))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot create --log-dir {below}: ")),
+            "{e}"
+        );
+        fs::remove_file(&file).unwrap();
+        let root = LogRoot::create(&config(&["--log-dir", "/dev/null"])).unwrap();
+        assert_eq!(root.attempt(0, 2).unwrap(), None);
     }
 
     #[test]

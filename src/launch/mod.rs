@@ -31,8 +31,16 @@ pub enum LaunchError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Rendezvous(#[from] RdzvError),
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    Logs(#[from] logs::LogError),
+    #[error(transparent)]
+    WorkerEnv(#[from] env::EnvError),
+    #[error("cannot start local rank {local_rank} ({program}): {source}")]
+    Spawn {
+        local_rank: usize,
+        program: String,
+        source: std::io::Error,
+    },
 }
 
 const OMP_WARNING: &str = "\n*****************************************\nSetting OMP_NUM_THREADS environment variable for each process to be 1 in default, to avoid your system being overloaded, please further tune the variable for optimal performance in your application as needed. \n*****************************************";
@@ -49,14 +57,12 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
         tlog::log('W', tlog::src::RUN, OMP_WARNING);
     }
     let mut rdzv = Rendezvous::join(&cfg)?;
-    let log_root = logs::LogRoot::create(&cfg).map_err(LaunchError::Setup)?;
+    let log_root = logs::LogRoot::create(&cfg)?;
     let host = crate::host::net::fqdn();
     let mut restart_count: u32 = 0;
     loop {
         let ranks = rdzv.assign_ranks(&cfg.role, cfg.nproc)?;
-        let attempt = log_root
-            .attempt(restart_count, cfg.nproc)
-            .map_err(LaunchError::Setup)?;
+        let attempt = log_root.attempt(restart_count, cfg.nproc)?;
         let stdout_dups = logs::Duplicates::new(
             &cfg.stdout_filters,
             attempt.as_deref(),
@@ -81,7 +87,7 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
             };
             let worker_env =
                 env::worker_env(&cfg, &ranks, &rdzv.master, lr, restart_count, &error_file);
-            let spawned = worker_env.map_err(|e| e.to_string()).and_then(|env| {
+            let spawned = worker_env.map_err(LaunchError::from).and_then(|env| {
                 Worker::spawn(WorkerSpec {
                     local_rank: lr,
                     global_rank: rank,
@@ -92,13 +98,17 @@ pub fn run(cli: cli::Cli) -> Result<i32, LaunchError> {
                     stdout_dups: stdout_dups.clone(),
                     stderr_dups: stderr_dups.clone(),
                 })
-                .map_err(|e| format!("cannot start local rank {lr} ({}): {e}", cfg.argv[0]))
+                .map_err(|source| LaunchError::Spawn {
+                    local_rank: lr,
+                    program: cfg.argv[0].clone(),
+                    source,
+                })
             });
             match spawned {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     supervise::shut_down(&mut workers, libc::SIGTERM, cfg.term_timeout, &signals);
-                    return Err(LaunchError::Setup(e));
+                    return Err(e);
                 }
             }
         }

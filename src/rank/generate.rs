@@ -30,12 +30,11 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         (None, Some(text)) => {
             let codec = codec.as_ref().expect("loaded for a text prompt");
             if !args.raw && codec.has_chat_template() {
-                let rendered = codec
-                    .apply_chat_template(&json!([{"role": "user", "content": text}]), true)
-                    .map_err(RankError::Invalid)?;
-                codec.encode(&rendered, false).map_err(RankError::Invalid)?
+                let rendered =
+                    codec.apply_chat_template(&json!([{"role": "user", "content": text}]), true)?;
+                codec.encode(&rendered, false)?
             } else {
-                codec.encode(text, true).map_err(RankError::Invalid)?
+                codec.encode(text, true)?
             }
         }
         (None, None) => {
@@ -138,11 +137,10 @@ pub fn run(engine: &EngineArgs, args: &GenerateArgs) -> Result<(), RankError> {
         let b = comm
             .broadcast(&world, sampler_rank, tok_bytes)
             .map_err(io_err)?;
-        let tok = u32::from_le_bytes(
-            b[..4]
-                .try_into()
-                .map_err(|_| RankError::Runtime("bad token message".into()))?,
-        );
+        let tok =
+            u32::from_le_bytes(b.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(|| {
+                RankError::Runtime(format!("bad token message ({} bytes)", b.len()))
+            })?);
         if out.is_empty() {
             t_first = t0.elapsed().as_secs_f64();
         }

@@ -45,6 +45,38 @@ impl From<ValidationError> for RankError {
     }
 }
 
+/// The env contract is wrong: nothing was started.
+impl From<dist::EnvError> for RankError {
+    fn from(e: dist::EnvError) -> Self {
+        RankError::Invalid(e.to_string())
+    }
+}
+
+impl From<dist::tcp::ConnectError> for RankError {
+    fn from(e: dist::tcp::ConnectError) -> Self {
+        RankError::Runtime(e.to_string())
+    }
+}
+
+impl From<serve::http::FrontError> for RankError {
+    fn from(e: serve::http::FrontError) -> Self {
+        RankError::Runtime(e.to_string())
+    }
+}
+
+/// A prompt that cannot be tokenized or templated is the user's input.
+impl From<tokenizer::TextError> for RankError {
+    fn from(e: tokenizer::TextError) -> Self {
+        RankError::Invalid(e.to_string())
+    }
+}
+
+impl From<engine::plan::PlanError> for RankError {
+    fn from(e: engine::plan::PlanError) -> Self {
+        RankError::Runtime(e.to_string())
+    }
+}
+
 impl RankError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {

@@ -167,7 +167,7 @@ fn check_gpu_sharing(store: &mut Client, env: &RankEnv, gpu: &Gpu) -> Result<(),
 /// Validates everything that can be validated without weights, then connects.
 pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, RankError> {
     let t0 = Instant::now();
-    let env = RankEnv::from_env().map_err(RankError::Invalid)?;
+    let env = RankEnv::from_env()?;
     let dir = model_dir(engine)?;
     let cfg = ModelConfig::load(&dir)?;
     let (tp, pp) = (engine.tensor_parallel_size, engine.pipeline_parallel_size);
@@ -241,7 +241,7 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
             },
         )
         .map_err(|e| RankError::Runtime(e.to_string()))?;
-        let comm = TcpComm::connect(&env, &mut store).map_err(RankError::Runtime)?;
+        let comm = TcpComm::connect(&env, &mut store)?;
         if let Some(g) = &gpu {
             check_gpu_sharing(&mut store, &env, g)?;
         }
@@ -303,7 +303,10 @@ impl Startup {
                 let DeviceKind::Cuda(dtype) = self.device else {
                     unreachable!("a GPU is opened for CUDA only")
                 };
-                Device::Cuda { gpu, dtype }
+                Device::Cuda {
+                    gpu: Box::new(gpu),
+                    dtype,
+                }
             }
         };
         let cuda = matches!(device, Device::Cuda { .. });

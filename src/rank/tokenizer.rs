@@ -53,6 +53,17 @@ impl Detokenizer {
     }
 }
 
+/// Why a text could not be turned into token ids.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    #[error("{0}")]
+    Tokenize(tokenizers::Error),
+    #[error("the model has no chat template (chat_template.jinja or tokenizer_config.json)")]
+    NoChatTemplate,
+    #[error("chat template: {0}")]
+    Template(#[from] minijinja::Error),
+}
+
 /// A model's tokenizer and chat template.
 pub struct TextCodec {
     tok: tokenizers::Tokenizer,
@@ -137,11 +148,11 @@ impl TextCodec {
 
     /// Token ids of `text` (special tokens in the text are recognised; no BOS added
     /// unless the tokenizer's post-processor adds one).
-    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, String> {
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, TextError> {
         self.tok
             .encode(text, add_special)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| e.to_string())
+            .map_err(TextError::Tokenize)
     }
 
     /// Text of `ids`, special tokens skipped.
@@ -165,23 +176,16 @@ impl TextCodec {
         &self,
         messages: &Value,
         add_generation_prompt: bool,
-    ) -> Result<String, String> {
-        let t = self.template.as_deref().ok_or(
-            "the model has no chat template (chat_template.jinja or tokenizer_config.json)",
-        )?;
+    ) -> Result<String, TextError> {
+        let t = self.template.as_deref().ok_or(TextError::NoChatTemplate)?;
         let mut env = minijinja::Environment::new();
-        env.add_template("chat", t)
-            .map_err(|e| format!("chat template: {e}"))?;
-        env.get_template("chat")
-            .and_then(|tpl| {
-                tpl.render(minijinja::context! {
-                    messages => minijinja::Value::from(minijinja::value::Serde(messages)),
-                    add_generation_prompt => add_generation_prompt,
-                    bos_token => self.bos.clone(),
-                    eos_token => self.eos.clone(),
-                })
-            })
-            .map_err(|e| format!("chat template: {e}"))
+        env.add_template("chat", t)?;
+        Ok(env.get_template("chat")?.render(minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos.clone(),
+            eos_token => self.eos.clone(),
+        })?)
     }
 }
 
@@ -192,6 +196,22 @@ mod tests {
     fn codec() -> TextCodec {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama");
         TextCodec::load(&dir).unwrap()
+    }
+
+    #[test]
+    fn template_errors_say_what_failed() {
+        let mut c = codec();
+        let msgs = serde_json::json!([{"role": "user", "content": "hi"}]);
+        assert!(c.apply_chat_template(&msgs, true).is_ok());
+        c.template = Some("{% if %}".into());
+        let e = c.apply_chat_template(&msgs, true).unwrap_err();
+        assert!(matches!(e, TextError::Template(_)), "{e}");
+        assert!(e.to_string().starts_with("chat template: "), "{e}");
+        c.template = None;
+        assert_eq!(
+            c.apply_chat_template(&msgs, true).unwrap_err().to_string(),
+            "the model has no chat template (chat_template.jinja or tokenizer_config.json)"
+        );
     }
 
     #[test]

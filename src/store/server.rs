@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, Request};
-use super::state::{ConnId, Reply, State};
+use super::state::{ApplyError, ConnId, Reply, State};
 
 /// A running store server. Dropping it stops the server.
 pub struct StoreServer {
@@ -197,13 +197,26 @@ async fn write_all(sock: &TcpStream, mut b: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Why a connection was closed before its EOF.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Decode(#[from] codec::DecodeError),
+    #[error("first command is not VALIDATE with the right magic")]
+    NotValidated,
+    #[error("error processing client message: {0}")]
+    Apply(#[from] ApplyError),
+}
+
 /// Serves one connection until EOF (`Ok`) or a protocol violation (`Err(reason)`).
 ///
 /// Bytes go through the connection's incremental [`codec::Decoder`] as they arrive,
 /// so a large frame costs each read only the bytes it brought; each read spends
 /// tokio's cooperative budget, so a client streaming a large frame yields the thread
 /// to the other connections regularly.
-async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result<(), String> {
+async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result<(), ConnError> {
     let (outbox, mut inbox) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut decoder = codec::Decoder::default();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -212,7 +225,7 @@ async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result
     loop {
         tokio::select! {
             got = read_some(&sock, &mut chunk) => {
-                let got = got.map_err(|e| e.to_string())?;
+                let got = got?;
                 if got == 0 {
                     return Ok(());
                 }
@@ -221,11 +234,11 @@ async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result
                 let result = loop {
                     match decoder.feed(&mut input) {
                         Ok(None) => break Ok(()),
-                        Err(e) => break Err(e.to_string()),
+                        Err(e) => break Err(e.into()),
                         Ok(Some(req)) => {
                             if !validated {
                                 if req != Request::Validate(codec::MAGIC) {
-                                    break Err("first command is not VALIDATE with the right magic".into());
+                                    break Err(ConnError::NotValidated);
                                 }
                                 validated = true;
                                 continue;
@@ -237,7 +250,7 @@ async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result
                                 out.extend_from_slice(&b);
                             }
                             match reply {
-                                Err(e) => break Err(format!("error processing client message: {e}")),
+                                Err(e) => break Err(e.into()),
                                 Ok(Reply::Bytes(b)) => out.extend_from_slice(&b),
                                 Ok(Reply::None | Reply::Pending) => {}
                                 Ok(Reply::Canceled) => out.push(codec::WAIT_CANCELED),
@@ -246,7 +259,7 @@ async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result
                     }
                 };
                 if !out.is_empty() {
-                    write_all(&sock, &out).await.map_err(|e| e.to_string())?;
+                    write_all(&sock, &out).await?;
                 }
                 result?;
                 // Readiness waits do not spend the cooperative budget; this does,
@@ -257,7 +270,7 @@ async fn serve_conn(sock: TcpStream, id: ConnId, state: &Mutex<State>) -> Result
                 tokio::task::coop::consume_budget().await;
             }
             Some(b) = inbox.recv() => {
-                write_all(&sock, &b).await.map_err(|e| e.to_string())?;
+                write_all(&sock, &b).await?;
             }
         }
     }

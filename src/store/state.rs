@@ -46,6 +46,14 @@ pub struct State {
     waiters: HashMap<ConnId, Waiter>,
 }
 
+/// A request the server refuses; the connection is closed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// ADD on a value `std::stoll` cannot read (torch's exception text).
+    #[error("stoll")]
+    NotAnInteger,
+}
+
 /// Result of applying a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -125,7 +133,12 @@ impl State {
 
     /// Applies one request from `conn`. An `Err` means the connection must be closed
     /// (torch's server throws on a non-numeric ADD target and drops the client).
-    pub fn apply(&mut self, conn: ConnId, req: Request, outbox: &Outbox) -> Result<Reply, String> {
+    pub fn apply(
+        &mut self,
+        conn: ConnId,
+        req: Request,
+        outbox: &Outbox,
+    ) -> Result<Reply, ApplyError> {
         let bytes = |b: &[u8]| {
             let mut out = Vec::with_capacity(8 + b.len());
             codec::put_bytes(&mut out, b);
@@ -162,7 +175,7 @@ impl State {
             Request::Add(k, delta) => {
                 let new = match self.kv.get(&k) {
                     Some(cur) => parse_stoll(cur)
-                        .ok_or_else(|| "stoll".to_string())?
+                        .ok_or(ApplyError::NotAnInteger)?
                         .wrapping_add(delta),
                     None => delta,
                 };
@@ -334,7 +347,10 @@ mod tests {
         let (tx, _rx) = unbounded_channel();
         let mut s = State::default();
         s.apply(1, Request::Set(b("n"), b("abc")), &tx).unwrap();
-        assert!(s.apply(1, Request::Add(b("n"), 1), &tx).is_err());
+        assert_eq!(
+            s.apply(1, Request::Add(b("n"), 1), &tx),
+            Err(ApplyError::NotAnInteger)
+        );
     }
 
     #[test]

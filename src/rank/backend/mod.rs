@@ -170,7 +170,7 @@ pub fn open(
             threads,
         ))),
         Device::Cuda { gpu, dtype } => Ok(Box::new(cuda::model::CudaModel::load(
-            gpu,
+            *gpu,
             cfg.clone(),
             weights,
             place,

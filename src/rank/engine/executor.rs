@@ -15,8 +15,8 @@ pub enum ExecError {
     Step(#[from] BackendError),
     #[error("lost rank 0: {0}")]
     LostLeader(std::io::Error),
-    #[error("{0}")]
-    Plan(String),
+    #[error(transparent)]
+    Plan(#[from] crate::rank::engine::plan::PlanError),
 }
 
 /// A rank's model and cache.
@@ -92,7 +92,7 @@ impl Executor {
             let b = comm
                 .broadcast(&world, 0, vec![])
                 .map_err(ExecError::LostLeader)?;
-            match Plan::decode(&b).map_err(|e| ExecError::Plan(e.to_string()))? {
+            match Plan::decode(&b)? {
                 Plan::Shutdown => return Ok(()),
                 Plan::Step(seqs) => {
                     self.step(comm, &seqs)?;

@@ -23,6 +23,15 @@ use scheduler::{Event, GenRequest, Scheduler};
 /// How long requests in flight may run on after SIGTERM before they are ended.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why rank 0's engine loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("broadcasting a step: {0}")]
+    Broadcast(std::io::Error),
+    #[error("step failed: {0}")]
+    Step(#[from] crate::rank::backend::BackendError),
+}
+
 /// A request for the engine thread.
 pub struct Submit {
     pub req: GenRequest,
@@ -139,7 +148,7 @@ impl Engine {
         rx: Receiver<Submit>,
         stop: Arc<AtomicBool>,
         stats: Arc<std::sync::Mutex<Stats>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let world: Vec<usize> = (0..comm.world()).collect();
         let mut stop_at: Option<std::time::Instant> = None;
         let result = loop {
@@ -182,7 +191,7 @@ impl Engine {
             if world.len() > 1
                 && let Err(e) = comm.broadcast(&world, 0, Plan::Step(seqs.clone()).encode())
             {
-                break Err(format!("broadcasting a step: {e}"));
+                break Err(EngineError::Broadcast(e));
             }
             match self.exec.step(comm, &seqs) {
                 Ok(Some(drawn)) => {
@@ -192,7 +201,7 @@ impl Engine {
                     self.steps.around += t_loop.elapsed().as_secs_f64() - step;
                 }
                 Ok(None) => unreachable!("rank 0 receives the tokens"),
-                Err(e) => break Err(format!("step failed: {e}")),
+                Err(e) => break Err(EngineError::Step(e)),
             }
             *stats.lock().unwrap() = self.stats();
         };

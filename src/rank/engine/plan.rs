@@ -30,6 +30,11 @@ pub struct PlanSeq {
     pub history: Option<(Vec<u32>, Vec<u32>)>,
 }
 
+/// A step plan that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("bad step plan: {0}")]
+pub struct PlanError(#[from] postcard::Error);
+
 /// What the ranks do next.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Plan {
@@ -55,8 +60,8 @@ impl Plan {
         postcard::to_extend(self, Vec::with_capacity(guess)).expect("plans serialize")
     }
 
-    pub fn decode(b: &[u8]) -> Result<Plan, String> {
-        postcard::from_bytes(b).map_err(|e| format!("bad step plan: {e}"))
+    pub fn decode(b: &[u8]) -> Result<Plan, PlanError> {
+        postcard::from_bytes(b).map_err(PlanError)
     }
 }
 
@@ -88,6 +93,7 @@ mod tests {
         assert!(
             Plan::decode(&[0xff, 0xff])
                 .unwrap_err()
+                .to_string()
                 .starts_with("bad step plan")
         );
         assert_eq!(

@@ -46,17 +46,33 @@ impl Front {
     }
 }
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    #[error("cannot listen on {host}:{port}: {source}")]
+    Listen {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("cannot start the HTTP server: {0}")]
+    Start(#[from] std::io::Error),
+}
+
 /// Binds `host:port` and serves on a background thread until [`Front::shutdown`].
-pub fn spawn(state: Arc<AppState>, host: &str, port: u16) -> Result<Front, String> {
-    let listener = std::net::TcpListener::bind((host, port))
-        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+pub fn spawn(state: Arc<AppState>, host: &str, port: u16) -> Result<Front, FrontError> {
+    let listener =
+        std::net::TcpListener::bind((host, port)).map_err(|source| FrontError::Listen {
+            host: host.to_string(),
+            port,
+            source,
+        })?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let (stop, mut stop_rx) = watch::channel(None);
     let thread = std::thread::Builder::new()
         .name("rrank-http".into())
@@ -93,8 +109,7 @@ pub fn spawn(state: Arc<AppState>, host: &str, port: u16) -> Result<Front, Strin
                     .await
                     .is_ok()
             })
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
     Ok(Front { addr, stop, thread })
 }
 

@@ -97,8 +97,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
             gauges: Mutex::new(vec![]),
             latency: Arc::new(Mutex::new(metrics::Latency::default())),
         });
-        let server =
-            http::spawn(state.clone(), &serve.host, serve.port).map_err(RankError::Runtime)?;
+        let server = http::spawn(state.clone(), &serve.host, serve.port)?;
         crate::eline!(
             "rrank: listening on http://{} (503 until the weights are loaded)",
             server.addr
@@ -212,7 +211,7 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
             "rrank: some responses were still being sent {RESPONSE_GRACE:?} after the engine stopped"
         );
     }
-    result.map_err(RankError::Runtime)?;
+    result.map_err(|e| RankError::Runtime(e.to_string()))?;
     crate::eline!("rrank: shut down");
     Ok(())
 }

@@ -103,7 +103,7 @@ impl AppState {
         let text = self
             .codec
             .apply_chat_template(messages, add_generation_prompt)
-            .map_err(|e| ApiError::bad(e, Some("messages")))?;
+            .map_err(|e| ApiError::bad(e.to_string(), Some("messages")))?;
         let ids = self
             .fits(text.len())?
             .codec
