@@ -137,7 +137,7 @@ pub enum Device {
         threads: usize,
     },
     Cuda {
-        gpu: Gpu,
+        gpu: Box<Gpu>,
         dtype: DType,
     },
 }
