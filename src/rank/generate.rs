@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::RankError;
 use super::backend::{SeqChunk, StepSizes};
 use super::cli::{EngineArgs, GenerateArgs};
+use super::error::RankError;
 use super::kv::{BlockAllocator, BlockTable};
 use super::sampling::{DrawReq, SamplingParams, argmax, step_rng};
 use super::startup::{self, Sizing, Startup};

@@ -12,11 +12,13 @@
 //! - [`engine`] — scheduler, StepPlan, executor (over any backend)
 //! - [`serve`] — the HTTP server; [`generate`] — one prompt offline
 //! - [`knobs`] — the environment variables, read and checked once at start-up
+//! - [`error`] — why rrank stopped, and its exit code
 
 pub mod backend;
 pub mod cli;
 pub mod dist;
 pub mod engine;
+pub mod error;
 pub mod generate;
 pub mod knobs;
 pub mod kv;
@@ -26,66 +28,7 @@ pub mod serve;
 pub mod startup;
 pub mod tokenizer;
 
-use model::config::ValidationError;
-
-/// Why rrank stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RankError {
-    /// Bad flags, placement or checkpoint: nothing was loaded. Exit code 2.
-    #[error("{0}")]
-    Invalid(String),
-    /// Failure while running. Exit code 1.
-    #[error("{0}")]
-    Runtime(String),
-}
-
-impl From<ValidationError> for RankError {
-    fn from(e: ValidationError) -> Self {
-        RankError::Invalid(e.0)
-    }
-}
-
-/// The env contract is wrong: nothing was started.
-impl From<dist::EnvError> for RankError {
-    fn from(e: dist::EnvError) -> Self {
-        RankError::Invalid(e.to_string())
-    }
-}
-
-impl From<dist::tcp::ConnectError> for RankError {
-    fn from(e: dist::tcp::ConnectError) -> Self {
-        RankError::Runtime(e.to_string())
-    }
-}
-
-impl From<serve::http::FrontError> for RankError {
-    fn from(e: serve::http::FrontError) -> Self {
-        RankError::Runtime(e.to_string())
-    }
-}
-
-/// A prompt that cannot be tokenized or templated is the user's input.
-impl From<tokenizer::TextError> for RankError {
-    fn from(e: tokenizer::TextError) -> Self {
-        RankError::Invalid(e.to_string())
-    }
-}
-
-impl From<engine::plan::PlanError> for RankError {
-    fn from(e: engine::plan::PlanError) -> Self {
-        RankError::Runtime(e.to_string())
-    }
-}
-
-impl RankError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RankError::Invalid(_) => 2,
-            RankError::Runtime(_) => 1,
-        }
-    }
-}
+pub use error::RankError;
 
 /// Runs rrank with parsed flags. The environment's knobs are read and checked first:
 /// a bad one stops rrank before anything else happens (exit code 2).

@@ -8,13 +8,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::RankError;
 use super::backend::cuda::libs::{self, Lib};
 use super::backend::cuda::{DType, Gpu, GpuError, gib};
 use super::backend::{self, Backend, BackendError, Device, Options, StepSizes};
 use super::cli::EngineArgs;
 use super::dist::tcp::TcpComm;
 use super::dist::{Comm, Placement, RankEnv, Solo};
+use super::error::RankError;
 use super::model::checkpoint::Checkpoint;
 use super::model::config::ModelConfig;
 use super::tokenizer::TextCodec;

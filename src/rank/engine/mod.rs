@@ -197,6 +197,8 @@ impl Engine {
                 Ok(Some(drawn)) => {
                     let step = t.elapsed().as_secs_f64();
                     self.steps.record(&seqs, step);
+                    // The step shows in /metrics before its tokens reach any client.
+                    stats.lock().unwrap().steps = self.steps;
                     self.sched.update(&seqs, &drawn, &self.codec);
                     self.steps.around += t_loop.elapsed().as_secs_f64() - step;
                 }

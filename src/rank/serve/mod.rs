@@ -21,12 +21,12 @@ pub mod vllm;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use super::RankError;
 use super::backend::StepSizes;
 use super::cli::{EngineArgs, ServeArgs};
 use super::engine::executor::Executor;
 use super::engine::scheduler::{Limits, Scheduler};
 use super::engine::{Engine, Stats};
+use super::error::RankError;
 use super::kv::BlockAllocator;
 use super::startup::{self, Sizing};
 
