@@ -3,7 +3,7 @@
 //! onto the two.
 
 use super::model::config::ValidationError;
-use super::{dist, engine, serve, tokenizer};
+use super::{dist, engine, tokenizer};
 
 /// Why rrank stopped.
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +31,6 @@ impl From<dist::EnvError> for RankError {
 
 impl From<dist::tcp::ConnectError> for RankError {
     fn from(e: dist::tcp::ConnectError) -> Self {
-        RankError::Runtime(e.to_string())
-    }
-}
-
-impl From<serve::http::FrontError> for RankError {
-    fn from(e: serve::http::FrontError) -> Self {
         RankError::Runtime(e.to_string())
     }
 }

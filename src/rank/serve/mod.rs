@@ -97,7 +97,8 @@ pub fn run(engine: &EngineArgs, serve: &ServeArgs) -> Result<(), RankError> {
             gauges: Mutex::new(vec![]),
             latency: Arc::new(Mutex::new(metrics::Latency::default())),
         });
-        let server = http::spawn(state.clone(), &serve.host, serve.port)?;
+        let server = http::spawn(state.clone(), &serve.host, serve.port)
+            .map_err(|e| RankError::Runtime(e.to_string()))?;
         crate::eline!(
             "rrank: listening on http://{} (503 until the weights are loaded)",
             server.addr
