@@ -14,81 +14,84 @@ pub fn render(st: &AppState) -> String {
         1.0 - s.kv_blocks_free as f64 / s.kv_blocks_total as f64
     };
     let mut out = String::new();
-    let mut g = |kind: &str, metric: &str, help: &str, v: String| {
+    let c = &s.counters;
+    let series: [(&str, &str, &str, String); 12] = [
+        (
+            "gauge",
+            "num_requests_running",
+            "Requests in the running batch.",
+            s.running.to_string(),
+        ),
+        (
+            "gauge",
+            "num_requests_waiting",
+            "Requests waiting to be scheduled.",
+            s.waiting.to_string(),
+        ),
+        (
+            "gauge",
+            "kv_cache_usage_perc",
+            "Fraction of KV-cache blocks in use.",
+            format!("{usage:.6}"),
+        ),
+        (
+            "gauge",
+            "kv_cache_blocks_free",
+            "Free KV-cache blocks.",
+            s.kv_blocks_free.to_string(),
+        ),
+        (
+            "gauge",
+            "kv_cache_blocks_total",
+            "All KV-cache blocks.",
+            s.kv_blocks_total.to_string(),
+        ),
+        (
+            "counter",
+            "prefix_cache_hits_total",
+            "Prompt tokens served from the prefix cache.",
+            s.prefix_cache_hits.to_string(),
+        ),
+        (
+            "counter",
+            "prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache.",
+            s.prefix_cache_queries.to_string(),
+        ),
+        (
+            "counter",
+            "num_preemptions_total",
+            "Sequences preempted (recomputed later).",
+            c.preemptions.to_string(),
+        ),
+        (
+            "counter",
+            "request_success_total",
+            "Requests finished.",
+            c.finished.to_string(),
+        ),
+        (
+            "counter",
+            "request_aborted_total",
+            "Requests aborted by their client.",
+            c.aborted.to_string(),
+        ),
+        (
+            "counter",
+            "prompt_tokens_total",
+            "Prompt tokens received.",
+            c.prompt_tokens.to_string(),
+        ),
+        (
+            "counter",
+            "generation_tokens_total",
+            "Tokens generated.",
+            c.generation_tokens.to_string(),
+        ),
+    ];
+    for (kind, metric, help, v) in series {
         out.push_str(&format!("# HELP rrun:{metric} {help}\n# TYPE rrun:{metric} {kind}\nrrun:{metric}{{model_name=\"{name}\"}} {v}\n"));
-    };
-    g(
-        "gauge",
-        "num_requests_running",
-        "Requests in the running batch.",
-        s.running.to_string(),
-    );
-    g(
-        "gauge",
-        "num_requests_waiting",
-        "Requests waiting to be scheduled.",
-        s.waiting.to_string(),
-    );
-    g(
-        "gauge",
-        "kv_cache_usage_perc",
-        "Fraction of KV-cache blocks in use.",
-        format!("{usage:.6}"),
-    );
-    g(
-        "gauge",
-        "kv_cache_blocks_free",
-        "Free KV-cache blocks.",
-        s.kv_blocks_free.to_string(),
-    );
-    g(
-        "gauge",
-        "kv_cache_blocks_total",
-        "All KV-cache blocks.",
-        s.kv_blocks_total.to_string(),
-    );
-    g(
-        "counter",
-        "prefix_cache_hits_total",
-        "Prompt tokens served from the prefix cache.",
-        s.prefix_cache_hits.to_string(),
-    );
-    g(
-        "counter",
-        "prefix_cache_queries_total",
-        "Prompt tokens looked up in the prefix cache.",
-        s.prefix_cache_queries.to_string(),
-    );
-    g(
-        "counter",
-        "num_preemptions_total",
-        "Sequences preempted (recomputed later).",
-        s.counters.preemptions.to_string(),
-    );
-    g(
-        "counter",
-        "request_success_total",
-        "Requests finished.",
-        s.counters.finished.to_string(),
-    );
-    g(
-        "counter",
-        "request_aborted_total",
-        "Requests aborted by their client.",
-        s.counters.aborted.to_string(),
-    );
-    g(
-        "counter",
-        "prompt_tokens_total",
-        "Prompt tokens received.",
-        s.counters.prompt_tokens.to_string(),
-    );
-    g(
-        "counter",
-        "generation_tokens_total",
-        "Tokens generated.",
-        s.counters.generation_tokens.to_string(),
-    );
+    }
     let kinds = [("decode", &s.steps.decode), ("prefill", &s.steps.prefill)];
     type Field = fn(&StepKind) -> String;
     let families: [(&str, &str, Field); 4] = [
