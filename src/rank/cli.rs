@@ -121,6 +121,10 @@ pub struct EngineArgs {
     /// backend computes in float32.
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "float32", "half", "float"])]
     pub dtype: String,
+    /// The checkpoint's quantization method, checked against its quantization_config
+    /// (vLLM's flag): compressed-tensors. Default: what config.json says.
+    #[arg(long, global = true)]
+    pub quantization: Option<String>,
     /// Worker threads per rank for matrix products (default: CPUs / local ranks).
     #[arg(long, global = true)]
     pub threads: Option<usize>,

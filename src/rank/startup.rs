@@ -128,6 +128,25 @@ fn resolve_device(engine: &EngineArgs, ckpt: &Checkpoint) -> Result<DeviceKind, 
     Ok(DeviceKind::Cuda(dtype))
 }
 
+/// `--quantization` against the checkpoint's quantization_config, as vLLM checks it.
+fn check_quantization(engine: &EngineArgs, cfg: &ModelConfig) -> Result<(), RankError> {
+    let Some(asked) = engine.quantization.as_deref() else {
+        return Ok(());
+    };
+    match (asked, cfg.quant_method.as_deref()) {
+        ("compressed-tensors", Some("compressed-tensors")) => Ok(()),
+        (a, Some(m)) => Err(RankError::Invalid(format!(
+            "--quantization {a} but the checkpoint's quantization_config says quant_method {m:?}; drop --quantization (rrank reads the method from config.json) or pass --quantization {m}"
+        ))),
+        ("fp8", None) => Err(RankError::Invalid(
+            "--quantization fp8 on an unquantized checkpoint (quantizing at load) is not implemented; quantize it with llmcompressor (scheme FP8_DYNAMIC) or serve it unquantized".into(),
+        )),
+        (a, None) => Err(RankError::Invalid(format!(
+            "--quantization {a}: the checkpoint has no quantization_config; rrank serves compressed-tensors FP8 checkpoints as they are and unquantized ones without the flag"
+        ))),
+    }
+}
+
 /// Publishes this rank's GPU and refuses when two ranks would share one.
 fn check_gpu_sharing(store: &mut Client, env: &RankEnv, gpu: &Gpu) -> Result<(), RankError> {
     let uuid = gpu
@@ -177,7 +196,13 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
     }
     let ckpt = Checkpoint::open(&dir)?;
     ckpt.validate(&cfg)?;
+    check_quantization(engine, &cfg)?;
     let device = resolve_device(engine, &ckpt)?;
+    if let (DeviceKind::Cuda(_), Some(_)) = (device, &cfg.fp8) {
+        return Err(RankError::Invalid(
+            "this FP8 (compressed-tensors) checkpoint runs on the CPU backend only so far; use --device cpu, or an unquantized checkpoint on the GPU".into(),
+        ));
+    }
     let gpu = match device {
         DeviceKind::Cpu => None,
         DeviceKind::Cuda(_) => {

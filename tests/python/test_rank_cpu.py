@@ -309,3 +309,57 @@ def test_truncated_weights_name_the_same_tensor_on_every_rank_and_run(tmp_path):
     texts = {refuse(m, [], 1, want) for _ in range(3)}
     texts |= {refuse(m, ["-tp", 2], 2, want, store_port=free_port()) for _ in range(2)}
     assert len(texts) == 1, texts
+
+
+# FP8 checkpoints made by llmcompressor (scripts/make-fp8-test-model.py): compressed-tensors
+# float-quantized, e4m3 weights with per-channel scales, lm_head left bf16. The reference is the
+# tool's dequantized model (e4m3 · scale in float32) run by transformers.
+@pytest.mark.parametrize("arch", ["llama-fp8-dynamic", "qwen2-fp8-dynamic"])
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_fp8_checkpoints_match_their_dequantized_model(tmp_path, arch, tp, pp):
+    check_against(DATA / arch, ref(arch), tp, pp, tmp_path)
+
+
+def fp8_config():
+    return json.loads((DATA / "llama-fp8-dynamic" / "config.json").read_text())["quantization_config"]
+
+
+def test_refuses_base_weights_under_an_fp8_config(tmp_path):
+    m = truncated_copy(DATA / "llama", tmp_path / "m")
+    edit_config(m, quantization_config=fp8_config())
+    refuse(m, [], 1, "tensor model.layers.0.self_attn.q_proj.weight_scale is missing from the checkpoint "
+                     "(quantization_config says FP8 with saved weight scales")
+
+
+@pytest.mark.parametrize("edit,want", [
+    (lambda q: q["config_groups"]["group_0"]["input_activations"].update(dynamic=False, strategy="tensor"),
+     "static activation scales are not"),
+    (lambda q: q["config_groups"]["group_0"]["weights"].update(strategy="block", block_structure=[128, 128]),
+     "strategy Some(\"block\") (block or group scales) is not implemented"),
+    (lambda q: q.update(ignore=["lm_head", "model.layers.7.mlp.down_proj"]),
+     'ignore names "model.layers.7.mlp.down_proj", which is not a Linear layer of this model'),
+    (lambda q: q.update(kv_cache_scheme={"num_bits": 8, "type": "float", "strategy": "tensor"}),
+     "(an FP8 KV cache) is not implemented"),
+])
+def test_refuses_fp8_schemes_it_does_not_implement(tmp_path, edit, want):
+    m = truncated_copy(DATA / "llama-fp8-dynamic", tmp_path / "m")
+    q = fp8_config()
+    edit(q)
+    edit_config(m, quantization_config=q)
+    refuse(m, ["-tp", 2], 2, want)
+
+
+def test_refuses_fp8_scale_shapes_that_do_not_match_the_strategy(tmp_path):
+    m = truncated_copy(DATA / "llama-fp8-dynamic", tmp_path / "m")
+    q = fp8_config()
+    q["config_groups"]["group_0"]["weights"]["strategy"] = "tensor"
+    edit_config(m, quantization_config=q)
+    refuse(m, [], 1, "shape [64, 1] does not match config.json (expected [1] (a per-tensor FP8 scale")
+
+
+def test_refuses_a_quantization_flag_the_checkpoint_contradicts(tmp_path):
+    m = truncated_copy(DATA / "llama-fp8-dynamic", tmp_path / "m")
+    refuse(m, ["--quantization", "fp8"], 1,
+           '--quantization fp8 but the checkpoint\'s quantization_config says quant_method "compressed-tensors"')
+    b = truncated_copy(DATA / "llama", tmp_path / "b")
+    refuse(b, ["--quantization", "fp8"], 1, "--quantization fp8 on an unquantized checkpoint (quantizing at load) is not implemented")

@@ -16,7 +16,8 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use super::config::{ModelConfig, ValidationError};
-use super::recipe::{self, Cut, Piece};
+use super::quant::ScaleStrategy;
+use super::recipe::{self, Cut, Piece, Stored, Want};
 
 /// One tensor's header entry.
 #[derive(Debug, Clone)]
@@ -169,12 +170,21 @@ impl Checkpoint {
     /// Checks every tensor the config implies: present, the expected shape, a float dtype.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<(), ValidationError> {
         let want = recipe::checkpoint_tensors(cfg, self.tensors.contains_key("lm_head.weight"));
-        for (name, shape) in &want {
+        let fp8 = cfg.fp8.is_some();
+        for Want {
+            name,
+            shape,
+            stored,
+        } in &want
+        {
             let Some(m) = self.tensors.get(name) else {
-                let hint = if self.tensors.keys().any(|k| {
+                let hint = if fp8 && name.ends_with("_scale") {
+                    " (quantization_config says FP8 with saved weight scales; the weights and config.json do not match)"
+                } else if self.tensors.keys().any(|k| {
                     k.ends_with(".qweight")
                         || k.ends_with(".weight_packed")
                         || k.ends_with(".scales")
+                        || k.ends_with(".weight_scale")
                 }) {
                     " (the checkpoint looks quantized; config.json has no quantization_config)"
                 } else {
@@ -184,19 +194,54 @@ impl Checkpoint {
                     "tensor {name} is missing from the checkpoint{hint}"
                 )));
             };
-            if !matches!(m.dtype.as_str(), "BF16" | "F16" | "F32") {
-                return Err(invalid(format!(
-                    "tensor {name}: dtype {} is not a float type (expected BF16, F16 or F32); is this a quantized checkpoint under a base-model config.json?",
-                    m.dtype
-                )));
+            let float = matches!(m.dtype.as_str(), "BF16" | "F16" | "F32");
+            match stored {
+                Stored::Float | Stored::Scale(_) if !float => {
+                    let why = if m.dtype == "F8_E4M3" && !fp8 {
+                        "is this a quantized checkpoint under a base-model config.json?"
+                    } else if m.dtype == "F8_E4M3" {
+                        "quantization_config's ignore list leaves this layer unquantized"
+                    } else {
+                        "is this a quantized checkpoint under a base-model config.json?"
+                    };
+                    return Err(invalid(format!(
+                        "tensor {name}: dtype {} is not a float type (expected BF16, F16 or F32); {why}",
+                        m.dtype
+                    )));
+                }
+                Stored::Fp8 if m.dtype != "F8_E4M3" => {
+                    return Err(invalid(format!(
+                        "tensor {name}: dtype {} but quantization_config says FP8 (F8_E4M3); is this a base checkpoint under a quantized config.json?",
+                        m.dtype
+                    )));
+                }
+                _ => {}
             }
-            if &m.shape != shape {
+            let shape_ok = &m.shape == shape
+                || (*stored == Stored::Scale(ScaleStrategy::Tensor) && m.shape.is_empty());
+            if !shape_ok {
+                let what = match stored {
+                    Stored::Scale(s) => format!(
+                        " (a per-{} FP8 scale, as quantization_config's strategy says)",
+                        if *s == ScaleStrategy::Channel {
+                            "channel"
+                        } else {
+                            "tensor"
+                        }
+                    ),
+                    _ => String::new(),
+                };
                 return Err(invalid(format!(
-                    "tensor {name}: shape {:?} does not match config.json (expected {shape:?}); the weights and config.json belong to different models, or the checkpoint is quantized",
+                    "tensor {name}: shape {:?} does not match config.json (expected {shape:?}{what}); the weights and config.json belong to different models, or the checkpoint is quantized",
                     m.shape
                 )));
             }
-            let want_bytes = shape.iter().product::<usize>() * if m.dtype == "F32" { 4 } else { 2 };
+            let es = match m.dtype.as_str() {
+                "F32" => 4,
+                "F8_E4M3" => 1,
+                _ => 2,
+            };
+            let want_bytes = m.shape.iter().product::<usize>() * es;
             if m.end - m.start != want_bytes {
                 return Err(invalid(format!(
                     "tensor {name}: {} data bytes for shape {shape:?} {} (expected {want_bytes})",
@@ -271,7 +316,11 @@ impl Weights<'_> {
             .ckpt
             .meta(name)
             .unwrap_or_else(|| panic!("tensor {name} checked by validate"));
-        let es = if m.dtype == "F32" { 4 } else { 2 };
+        let es = match m.dtype.as_str() {
+            "F32" => 4,
+            "F8_E4M3" => 1,
+            _ => 2,
+        };
         (m, &self.maps[m.file][m.start..m.end], es)
     }
 

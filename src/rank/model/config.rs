@@ -24,6 +24,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::quant::{self, Fp8};
+
 /// A checkpoint or placement that cannot be served. Exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -121,6 +123,11 @@ pub struct ModelConfig {
     pub layer_windows: Vec<Option<usize>>,
     /// `quantization_config.quant_method`, if any.
     pub quant_method: Option<String>,
+    /// The FP8 scheme of a compressed-tensors checkpoint (see [`super::quant`]).
+    pub fp8: Option<Fp8>,
+    /// Why the checkpoint's `quantization_config` is refused (reported by
+    /// [`ModelConfig::validate_placement`]).
+    quant_refusal: Option<String>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -242,6 +249,27 @@ impl ModelConfig {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let layer_windows = layer_windows(v, arch, num_layers)?;
+        let quant_method = v.get("quantization_config").map(|q| {
+            q.get("quant_method")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_string()
+        });
+        let (fp8, quant_refusal) = match (v.get("quantization_config"), quant_method.as_deref()) {
+            (Some(q), Some("compressed-tensors")) => {
+                match quant::parse_compressed_tensors(q, num_layers) {
+                    Ok(f) => (Some(f), None),
+                    Err(e) => (None, Some(e.0)),
+                }
+            }
+            (_, Some(m)) => (
+                None,
+                Some(format!(
+                    "quantized checkpoint (quantization_config.quant_method = {m:?}) is not supported; use an unquantized bf16/f16/f32 checkpoint or a compressed-tensors FP8 one"
+                )),
+            ),
+            (_, None) => (None, None),
+        };
         Ok(ModelConfig {
             arch,
             hidden_size,
@@ -268,12 +296,9 @@ impl ModelConfig {
                 && v.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
             hidden_act,
             layer_windows,
-            quant_method: v.get("quantization_config").map(|q| {
-                q.get("quant_method")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_string()
-            }),
+            quant_method,
+            fp8,
+            quant_refusal,
             bos_token_id: ids(v.get("bos_token_id")).first().copied(),
             eos_token_ids: ids(v.get("eos_token_id")),
         })
@@ -304,10 +329,8 @@ impl ModelConfig {
                 tp * pp
             )));
         }
-        if let Some(m) = &self.quant_method {
-            return Err(invalid(format!(
-                "quantized checkpoint (quantization_config.quant_method = {m:?}) is not supported; use an unquantized bf16/f16/f32 checkpoint"
-            )));
+        if let Some(why) = &self.quant_refusal {
+            return Err(invalid(why.clone()));
         }
         if !self.num_heads.is_multiple_of(tp) {
             return Err(invalid(format!(

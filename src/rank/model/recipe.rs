@@ -9,6 +9,7 @@
 //! rows here and a new [`Role`] where the forward uses it, not a loader per backend.
 
 use super::config::{Arch, ModelConfig};
+use super::quant::ScaleStrategy;
 use super::shard::Shard;
 use crate::rank::dist::Placement;
 
@@ -235,21 +236,94 @@ fn layer_rows(arch: Arch) -> &'static [Row] {
     }
 }
 
-/// Every checkpoint tensor config.json implies, with its full shape, in the order the
-/// checkpoint check looks for them. `has_lm_head`: the checkpoint stores `lm_head.weight`
-/// (required unless the embeddings are tied).
-pub fn checkpoint_tensors(cfg: &ModelConfig, has_lm_head: bool) -> Vec<(String, Vec<usize>)> {
+/// What a checkpoint tensor's dtype must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// BF16, F16 or F32.
+    Float,
+    /// F8_E4M3 (an FP8 weight).
+    Fp8,
+    /// A float scale of an FP8 weight (its shape may also be `[]` for one per tensor).
+    Scale(ScaleStrategy),
+}
+
+/// A checkpoint tensor the model reads: name, full shape, stored kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub stored: Stored,
+}
+
+/// The FP8 scale of Linear module `module`, when config.json quantizes it.
+fn fp8_scale(cfg: &ModelConfig, module: &str) -> Option<ScaleStrategy> {
+    // Only Linear modules are quantized: the LM head (the embedding is looked up, also
+    // where it is tied to the head) and the layers' projections.
+    let linear = module == "lm_head" || module.starts_with("model.layers.");
+    cfg.fp8
+        .as_ref()
+        .filter(|_| linear)
+        .as_ref()
+        .filter(|f| f.covers(module))
+        .map(|f| f.weights)
+}
+
+/// A weight tensor and, for an FP8 one, its scale, with full shapes.
+fn wants(cfg: &ModelConfig, name: String, shape: Vec<usize>, kind: Kind) -> Vec<Want> {
+    let module = name
+        .strip_suffix(".weight")
+        .filter(|_| kind == Kind::Matrix);
+    match module.and_then(|m| fp8_scale(cfg, m)) {
+        None => vec![Want {
+            name,
+            shape,
+            stored: Stored::Float,
+        }],
+        Some(strategy) => {
+            let scale_shape = match strategy {
+                ScaleStrategy::Channel => vec![shape[0], 1],
+                ScaleStrategy::Tensor => vec![1],
+            };
+            vec![
+                Want {
+                    name: format!("{name}_scale"),
+                    shape: scale_shape,
+                    stored: Stored::Scale(strategy),
+                },
+                Want {
+                    name,
+                    shape,
+                    stored: Stored::Fp8,
+                },
+            ]
+        }
+    }
+}
+
+/// Every checkpoint tensor config.json implies, with its full shape and stored kind, in
+/// the order the checkpoint check looks for them. `has_lm_head`: the checkpoint stores
+/// `lm_head.weight` (required unless the embeddings are tied).
+pub fn checkpoint_tensors(cfg: &ModelConfig, has_lm_head: bool) -> Vec<Want> {
     let shape = |dims: &[Dim]| dims.iter().map(|d| d.size(cfg)).collect::<Vec<_>>();
-    let mut want = vec![
-        (EMBED.to_string(), shape(&[Dim::Vocab, H])),
-        (FINAL_NORM.to_string(), shape(&[H])),
-    ];
+    let mut want = wants(cfg, EMBED.to_string(), shape(&[Dim::Vocab, H]), Kind::Table);
+    want.extend(wants(
+        cfg,
+        FINAL_NORM.to_string(),
+        shape(&[H]),
+        Kind::Vector,
+    ));
     if !cfg.tie_word_embeddings || has_lm_head {
-        want.push((LM_HEAD.to_string(), shape(&[Dim::Vocab, H])));
+        want.extend(wants(
+            cfg,
+            LM_HEAD.to_string(),
+            shape(&[Dim::Vocab, H]),
+            Kind::Matrix,
+        ));
     }
     for l in 0..cfg.num_layers {
         for r in layer_rows(cfg.arch).iter().filter(|r| r.when.holds(cfg)) {
-            want.push((format!("model.layers.{l}.{}", r.name), shape(r.shape)));
+            let name = format!("model.layers.{l}.{}", r.name);
+            want.extend(wants(cfg, name, shape(r.shape), r.role.kind()));
         }
     }
     want
@@ -281,9 +355,21 @@ pub struct Tensor {
     pub rows: usize,
     pub cols: usize,
     pub kind: Kind,
+    /// For FP8 weights, one scale piece per weight piece and the rows it covers: a
+    /// per-channel scale has one value per row, a per-tensor scale one for all of them.
+    /// Empty for unquantized weights.
+    pub scales: Vec<(Piece, usize)>,
 }
 
 impl Tensor {
+    /// Whether the weight is stored as FP8 with scales.
+    pub fn is_fp8(&self) -> bool {
+        !self.scales.is_empty()
+    }
+}
+
+impl Tensor {
+    /// Elements held, `rows · cols`.
     pub fn elems(&self) -> usize {
         self.rows * self.cols
     }
@@ -356,6 +442,28 @@ impl RankWeights<Tensor> {
     }
 }
 
+/// The scale piece of FP8 weight piece `p` (`rows` rows cut along `split`), if the
+/// weight is FP8: per-channel scales are cut like the weight's rows; a per-tensor scale,
+/// and the scales of a column cut (every output row), are read whole.
+fn scale_piece(cfg: &ModelConfig, p: &Piece, rows: usize, kind: Kind) -> Option<(Piece, usize)> {
+    let module = p
+        .name
+        .strip_suffix(".weight")
+        .filter(|_| kind == Kind::Matrix)?;
+    let strategy = fp8_scale(cfg, module)?;
+    let cut = match (strategy, p.cut) {
+        (ScaleStrategy::Channel, Cut::Rows(a, b)) => Cut::Rows(a, b),
+        _ => Cut::All,
+    };
+    Some((
+        Piece {
+            name: format!("{}_scale", p.name),
+            cut,
+        },
+        rows,
+    ))
+}
+
 /// A tensor of one piece cut along `split`, for a checkpoint tensor of `shape`.
 fn piece(
     cfg: &ModelConfig,
@@ -401,8 +509,12 @@ pub fn for_rank(
                     rows: 0,
                     cols,
                     kind: r.role.kind(),
+                    scales: vec![],
                 });
                 debug_assert_eq!(t.cols, cols, "{:?} stacks tensors of one width", r.role);
+                if let Some(sc) = scale_piece(cfg, &p, rows, t.kind) {
+                    t.scales.push(sc);
+                }
                 t.pieces.push(p);
                 t.rows += rows;
             }
@@ -418,6 +530,7 @@ pub fn for_rank(
             Rows(Dim::Vocab),
         );
         Tensor {
+            scales: scale_piece(cfg, &p, rows, kind).into_iter().collect(),
             pieces: vec![p],
             rows: rows.max(pad_to),
             cols,
@@ -435,6 +548,7 @@ pub fn for_rank(
                 rows,
                 cols,
                 kind: Kind::Vector,
+                scales: vec![],
             }
         }),
         lm_head: last.then(|| {
@@ -538,19 +652,85 @@ mod tests {
         let c = cfg(json!({"tie_word_embeddings": true}));
         let want = checkpoint_tensors(&c, false);
         assert_eq!(want.len(), 2 + 4 * 9, "tied: no lm_head");
-        assert!(want.contains(&(
-            "model.layers.3.self_attn.o_proj.weight".into(),
-            vec![64, 64]
-        )));
-        assert!(want.contains(&(
-            "model.layers.0.self_attn.k_proj.weight".into(),
-            vec![16, 64]
-        )));
+        let has = |w: &[Want], n: &str, shape: Vec<usize>, stored: Stored| {
+            w.iter()
+                .any(|x| x.name == n && x.shape == shape && x.stored == stored)
+        };
+        let o = "model.layers.3.self_attn.o_proj.weight";
+        assert!(has(&want, o, vec![64, 64], Stored::Float));
+        let k = "model.layers.0.self_attn.k_proj.weight";
+        assert!(has(&want, k, vec![16, 64], Stored::Float));
         assert_eq!(checkpoint_tensors(&c, true).len(), 3 + 4 * 9);
         let q = cfg(json!({"architectures": ["Qwen2ForCausalLM"]}));
+        let v = "model.layers.1.self_attn.v_proj.bias";
+        assert!(has(
+            &checkpoint_tensors(&q, true),
+            v,
+            vec![16],
+            Stored::Float
+        ));
+    }
+
+    fn fp8(strategy: &str) -> ModelConfig {
+        let group = json!({"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float",
+            "symmetric": true, "dynamic": false, "strategy": strategy}, "input_activations": {"num_bits": 8,
+            "type": "float", "dynamic": true, "strategy": "token"}});
+        cfg(
+            json!({"tie_word_embeddings": true, "quantization_config": {"quant_method": "compressed-tensors",
+            "format": "float-quantized", "ignore": ["lm_head", "model.layers.1.mlp.down_proj"],
+            "config_groups": {"group_0": group}}}),
+        )
+    }
+
+    #[test]
+    fn fp8_weights_bring_their_scales_cut_like_their_rows() {
+        let c = fp8("channel");
+        let want = checkpoint_tensors(&c, false);
+        let find = |n: &str| want.iter().find(|w| w.name == n).cloned();
+        let scale = find("model.layers.0.self_attn.q_proj.weight_scale").unwrap();
+        assert_eq!(
+            (scale.shape, scale.stored),
+            (vec![64, 1], Stored::Scale(ScaleStrategy::Channel))
+        );
+        assert_eq!(
+            find("model.layers.0.self_attn.q_proj.weight")
+                .unwrap()
+                .stored,
+            Stored::Fp8
+        );
         assert!(
-            checkpoint_tensors(&q, true)
-                .contains(&("model.layers.1.self_attn.v_proj.bias".into(), vec![16]))
+            find("model.layers.1.mlp.down_proj.weight_scale").is_none(),
+            "ignored"
+        );
+        assert!(
+            find("model.embed_tokens.weight_scale").is_none(),
+            "the embedding is no Linear"
+        );
+        assert_eq!(want.len(), 2 + 4 * 9 + 4 * 7 - 1);
+        // TP rank 1 of 2: q rows 32..64 take scale rows 32..64; o's columns take every scale.
+        let p = place(2, 1, 1);
+        let w = for_rank(&c, &Shard::new(&c, p), p, false);
+        let qkv = w.layers[0].get(Role::Qkv);
+        assert!(qkv.is_fp8());
+        assert_eq!(qkv.scales[0].0.cut, Cut::Rows(32, 64));
+        assert_eq!(qkv.scales[0].1, 32);
+        assert_eq!(w.layers[0].get(Role::O).scales[0].0.cut, Cut::All);
+        assert!(!w.layers[1].get(Role::Down).is_fp8());
+        assert!(
+            !w.lm_head.as_ref().unwrap().is_fp8(),
+            "tied to the bf16 embedding"
+        );
+        let t = fp8("tensor");
+        let p = place(1, 1, 0);
+        let w = for_rank(&t, &Shard::new(&t, p), p, false);
+        let gu = w.layers[2].get(Role::GateUp);
+        assert_eq!(
+            gu.scales
+                .iter()
+                .map(|(p, n)| (p.cut, *n))
+                .collect::<Vec<_>>(),
+            [(Cut::All, 96), (Cut::All, 96)],
+            "one scale per tensor covers its 96 rows"
         );
     }
 }

@@ -11,12 +11,18 @@
 use rayon::prelude::*;
 
 use crate::rank::model::config::Activation;
+use crate::rank::model::quant::e4m3_table;
 
 /// A weight matrix `[rows, cols]`, row-major.
 pub enum Mat {
     F32(Vec<f32>),
     /// Raw bf16 bits.
     Bf16(Vec<u16>),
+    /// FP8 e4m3 bytes and one scale per row: element `(r, c)` is `e4m3(bits[r·cols + c]) · scale[r]`.
+    Fp8 {
+        bits: Vec<u8>,
+        scale: Vec<f32>,
+    },
 }
 
 impl Mat {
@@ -24,6 +30,7 @@ impl Mat {
         match self {
             Mat::F32(v) => v.len(),
             Mat::Bf16(v) => v.len(),
+            Mat::Fp8 { bits, .. } => bits.len(),
         }
     }
 
@@ -36,6 +43,7 @@ impl Mat {
         match self {
             Mat::F32(v) => v.len() * 4,
             Mat::Bf16(v) => v.len() * 2,
+            Mat::Fp8 { bits, scale } => bits.len() + scale.len() * 4,
         }
     }
 
@@ -44,6 +52,14 @@ impl Mat {
         match self {
             Mat::F32(v) => std::borrow::Cow::Borrowed(v),
             Mat::Bf16(v) => std::borrow::Cow::Owned(v.iter().map(|b| bf16(*b)).collect()),
+            Mat::Fp8 { bits, scale } => {
+                let cols = bits.len() / scale.len().max(1);
+                let mut out = Vec::with_capacity(bits.len());
+                for (r, s) in scale.iter().enumerate() {
+                    out.extend(fp8_row(&bits[r * cols..(r + 1) * cols], *s));
+                }
+                std::borrow::Cow::Owned(out)
+            }
         }
     }
 }
@@ -75,7 +91,16 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Row `o` of a weight matrix as f32: borrowed, or widened from bf16 into `wide`.
+/// An FP8 row dequantized: `e4m3(b) · scale`, the f32 product the tool's dequantized
+/// model holds.
+#[inline(always)]
+fn fp8_row(bits: &[u8], scale: f32) -> impl Iterator<Item = f32> + '_ {
+    let table = e4m3_table();
+    bits.iter().map(move |b| table[*b as usize] * scale)
+}
+
+/// Row `o` of a weight matrix as f32: borrowed, or widened from bf16 or dequantized
+/// from FP8 into `wide`.
 #[inline(always)]
 fn weight_row<'a>(w: &'a Mat, o: usize, in_f: usize, wide: &'a mut Vec<f32>) -> &'a [f32] {
     match w {
@@ -83,6 +108,11 @@ fn weight_row<'a>(w: &'a Mat, o: usize, in_f: usize, wide: &'a mut Vec<f32>) -> 
         Mat::Bf16(v) => {
             wide.clear();
             wide.extend(v[o * in_f..(o + 1) * in_f].iter().map(|b| bf16(*b)));
+            wide
+        }
+        Mat::Fp8 { bits, scale } => {
+            wide.clear();
+            wide.extend(fp8_row(&bits[o * in_f..(o + 1) * in_f], scale[o]));
             wide
         }
     }

@@ -46,6 +46,26 @@ pub struct CpuModel {
 /// (widening is exact), everything else becomes f32; rows past the pieces are zeros.
 fn read(w: &Weights<'_>, t: &Tensor) -> Mat {
     let parts: Vec<_> = t.pieces.iter().map(|p| w.read(p)).collect();
+    if t.is_fp8() {
+        let mut bits: Vec<u8> = Vec::with_capacity(t.elems());
+        for (_, b) in &parts {
+            bits.extend_from_slice(b);
+        }
+        bits.resize(t.elems(), 0);
+        let mut scale = Vec::with_capacity(t.rows);
+        for (piece, rows) in &t.scales {
+            let (d, b) = w.read(piece);
+            let mut v = Vec::new();
+            to_f32(d, &b, &mut v);
+            // One per-tensor scale covers every row of its piece.
+            if v.len() == 1 {
+                v.resize(*rows, v[0]);
+            }
+            scale.extend(v);
+        }
+        scale.resize(t.rows, 0.0);
+        return Mat::Fp8 { bits, scale };
+    }
     if t.kind == Kind::Matrix && parts.iter().all(|(d, _)| *d == "BF16") {
         let mut v: Vec<u16> = Vec::with_capacity(t.elems());
         for (_, b) in &parts {

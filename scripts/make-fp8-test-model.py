@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Writes FP8 test checkpoints under tests/data/ (committed) with llmcompressor, the tool users
+quantize with, and their references.
+
+For each base model NAME (the tiny llama and qwen2 of scripts/make-test-model.py): llmcompressor's
+oneshot with QuantizationModifier(scheme SCHEME, targets Linear, ignore lm_head), saved compressed
+(compressed-tensors float-quantized: e4m3 weights with their weight_scale tensors) as
+tests/data/NAME-fp8-SUFFIX, with the base model's tokenizer. reference.json: the dequantized model
+(every FP8 weight as float32 e4m3 · scale, the tool's dequantized weights) run by transformers in
+float32 on the base model's prompt: logits at every prompt position and 32 greedy tokens. FP8 changes
+the weights enough that the greedy tokens may differ from the base model's; the reference is the
+quantized model itself.
+
+Usage: scripts/make-fp8-test-model.py [OUT_DIR]   (needs torch, transformers, llmcompressor)
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from llmcompressor import oneshot
+from llmcompressor.modifiers.quantization import QuantizationModifier
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA
+MODELS = [("llama", "FP8_DYNAMIC", "dynamic"), ("qwen2", "FP8_DYNAMIC", "dynamic")]
+
+
+def dequantized_state(d):
+    """Every tensor of the checkpoint in float32, FP8 weights times their scales."""
+    sd = {}
+    for f in sorted(d.glob("*.safetensors")):
+        sd.update(load_file(f))
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("_scale"):
+            continue
+        if v.dtype == torch.float8_e4m3fn:
+            out[k] = v.float() * sd[k + "_scale"].float()
+        else:
+            out[k] = v.float()
+    return out
+
+
+def main():
+    for name, scheme, suffix in MODELS:
+        src = DATA / name
+        dst = OUT / f"{name}-fp8-{suffix}"
+        shutil.rmtree(dst, ignore_errors=True)
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+        oneshot(model=m, recipe=QuantizationModifier(targets="Linear", scheme=scheme, ignore=["lm_head"]))
+        m.save_pretrained(dst, save_compressed=True)
+        for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]:
+            if (src / f).exists():
+                shutil.copy(src / f, dst / f)
+        for f in ["recipe.yaml"]:
+            (dst / f).unlink(missing_ok=True)
+        base = json.loads((src / "reference.json").read_text())
+        cfg = AutoConfig.from_pretrained(src)
+        cfg.dtype = torch.float32
+        ref_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        missing, unexpected = ref_model.load_state_dict(dequantized_state(dst), strict=False)
+        assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+        ref_model.tie_weights()
+        ref_model.eval()
+        ids = torch.tensor([base["prompt_ids"]])
+        with torch.no_grad():
+            logits = ref_model(ids).logits[0].float()
+            greedy = ref_model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                        eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+        (dst / "reference.json").write_text(json.dumps({
+            "prompt": base.get("prompt"), "prompt_ids": base["prompt_ids"], "scheme": scheme,
+            "logits": [[round(x, 6) for x in row] for row in logits.tolist()], "greedy": greedy}))
+        print(f"{dst}: {scheme}, greedy {greedy[:8]}...")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+//! Quantized checkpoints: `quantization_config` read as vLLM detects it, and what the
+//! weights recipe needs from it. Implemented: compressed-tensors `float-quantized` FP8
+//! (e4m3 weights with per-channel or per-tensor scales; activations quantized per token
+//! at run time, which the f32 reference computes unquantized, as the tool's dequantized
+//! model does). Every other method, format or scheme is refused with one line naming it.
+
+use serde_json::Value;
+
+use super::config::ValidationError;
+
+/// How an FP8 weight's scales are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleStrategy {
+    /// One scale per output row, stored `[out, 1]`.
+    Channel,
+    /// One scale for the whole tensor, stored `[1]` or `[]`.
+    Tensor,
+}
+
+/// A checkpoint's FP8 scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fp8 {
+    pub weights: ScaleStrategy,
+    /// Linear layers left unquantized (module names, e.g. `lm_head`).
+    pub ignore: Vec<String>,
+}
+
+impl Fp8 {
+    /// Whether the Linear module `name` (e.g. `model.layers.0.mlp.down_proj`) holds FP8 weights.
+    pub fn covers(&self, name: &str) -> bool {
+        !self.ignore.iter().any(|i| i == name)
+    }
+}
+
+fn refuse(what: impl std::fmt::Display) -> ValidationError {
+    ValidationError(format!(
+        "quantization_config: {what}; rrank serves compressed-tensors float-quantized FP8 (weights e4m3, per-channel or per-tensor scales, dynamic per-token activations) and unquantized checkpoints"
+    ))
+}
+
+/// The FP8 scheme of a compressed-tensors `quantization_config`, or why it is refused.
+/// `layers`: the model's number of decoder layers, to check the ignore list against.
+pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, ValidationError> {
+    let format = q.get("format").and_then(Value::as_str).unwrap_or("");
+    if format != "float-quantized" {
+        return Err(refuse(format!("format {format:?} is not implemented")));
+    }
+    if let Some(kv) = q.get("kv_cache_scheme").filter(|v| !v.is_null()) {
+        return Err(refuse(format!(
+            "kv_cache_scheme {kv} (an FP8 KV cache) is not implemented"
+        )));
+    }
+    if q.get("sparsity_config")
+        .and_then(Value::as_object)
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(refuse(
+            "sparsity_config (sparse weights) is not implemented",
+        ));
+    }
+    let groups = q
+        .get("config_groups")
+        .and_then(Value::as_object)
+        .filter(|g| !g.is_empty())
+        .ok_or_else(|| refuse("no config_groups"))?;
+    if groups.len() > 1 {
+        return Err(refuse(format!(
+            "{} config_groups (one scheme per layer kind) are not implemented; one group is",
+            groups.len()
+        )));
+    }
+    let (gname, g) = groups.iter().next().expect("one group");
+    let targets: Vec<&str> = g
+        .get("targets")
+        .and_then(Value::as_array)
+        .map(|t| t.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if targets != ["Linear"] {
+        return Err(refuse(format!(
+            "{gname}.targets {targets:?} is not implemented (targets [\"Linear\"] is)"
+        )));
+    }
+    let w = g
+        .get("weights")
+        .filter(|w| !w.is_null())
+        .ok_or_else(|| refuse(format!("{gname} has no weights scheme")))?;
+    let field = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+    if field(w, "type") != "float" || field(w, "num_bits") != 8 {
+        return Err(refuse(format!(
+            "{gname}.weights type {} num_bits {} is not implemented (float 8 is)",
+            field(w, "type"),
+            field(w, "num_bits")
+        )));
+    }
+    if field(w, "symmetric") == false || field(w, "dynamic") == true {
+        return Err(refuse(format!(
+            "{gname}.weights must be symmetric and static (saved scales)"
+        )));
+    }
+    let weights = match w.get("strategy").and_then(Value::as_str) {
+        Some("channel") => ScaleStrategy::Channel,
+        Some("tensor") => ScaleStrategy::Tensor,
+        other => {
+            return Err(refuse(format!(
+                "{gname}.weights strategy {other:?} (block or group scales) is not implemented (channel and tensor are)"
+            )));
+        }
+    };
+    match g.get("input_activations").filter(|a| !a.is_null()) {
+        None => {}
+        Some(a) => {
+            let dynamic_token = field(a, "type") == "float"
+                && field(a, "num_bits") == 8
+                && field(a, "dynamic") == true
+                && field(a, "strategy") == "token";
+            if !dynamic_token {
+                return Err(refuse(format!(
+                    "{gname}.input_activations {} {} bits, dynamic {}, strategy {} is not implemented (dynamic per-token FP8 is; static activation scales are not)",
+                    field(a, "type"),
+                    field(a, "num_bits"),
+                    field(a, "dynamic"),
+                    field(a, "strategy")
+                )));
+            }
+        }
+    }
+    if g.get("output_activations").is_some_and(|o| !o.is_null()) {
+        return Err(refuse(format!(
+            "{gname}.output_activations is not implemented"
+        )));
+    }
+    let ignore: Vec<String> = q
+        .get("ignore")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in &ignore {
+        if !linear_exists(name, layers) {
+            return Err(refuse(format!(
+                "ignore names {name:?}, which is not a Linear layer of this model (lm_head, or model.layers.N.self_attn.{{q,k,v,o}}_proj / model.layers.N.mlp.{{gate,up,down}}_proj with N < {layers}; \"re:\" patterns are not implemented)"
+            )));
+        }
+    }
+    Ok(Fp8 { weights, ignore })
+}
+
+/// Whether `name` is one of the model's Linear modules.
+fn linear_exists(name: &str, layers: usize) -> bool {
+    if name == "lm_head" {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("model.layers.") else {
+        return false;
+    };
+    let Some((n, module)) = rest.split_once('.') else {
+        return false;
+    };
+    let in_range = n.parse::<usize>().is_ok_and(|n| n < layers);
+    let known = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ];
+    in_range && known.contains(&module)
+}
+
+/// Every e4m3 byte's f32 value, by byte.
+pub fn e4m3_table() -> &'static [f32; 256] {
+    static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|b| e4m3_to_f32(b as u8)))
+}
+
+/// An e4m3 (`float8_e4m3fn`) byte as f32: 1 sign, 4 exponent (bias 7), 3 mantissa
+/// bits, no infinities, 0x7f/0xff NaN.
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = ((b >> 3) & 0x0f) as i32;
+    let man = (b & 0x07) as f32;
+    if exp == 0x0f && b & 0x07 == 0x07 {
+        return f32::NAN;
+    }
+    if exp == 0 {
+        sign * man / 8.0 * 2f32.powi(-6)
+    } else {
+        sign * (1.0 + man / 8.0) * 2f32.powi(exp - 7)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn llmcompressor_fp8_dynamic() -> Value {
+        json!({"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
+               "kv_cache_scheme": null, "sparsity_config": {}, "config_groups": {"group_0": {
+                 "targets": ["Linear"], "format": "float-quantized", "output_activations": null,
+                 "weights": {"num_bits": 8, "type": "float", "symmetric": true, "dynamic": false, "strategy": "channel"},
+                 "input_activations": {"num_bits": 8, "type": "float", "symmetric": true, "dynamic": true, "strategy": "token"}}}})
+    }
+
+    #[test]
+    fn llmcompressor_fp8_dynamic_is_read() {
+        let f = parse_compressed_tensors(&llmcompressor_fp8_dynamic(), 4).unwrap();
+        assert_eq!(f.weights, ScaleStrategy::Channel);
+        assert!(!f.covers("lm_head"));
+        assert!(f.covers("model.layers.3.mlp.up_proj"));
+    }
+
+    #[test]
+    fn schemes_it_does_not_implement_are_named() {
+        let cases: [(&str, Value, &str); 6] = [
+            (
+                "/config_groups/group_0/weights/strategy",
+                json!("block"),
+                "strategy Some(\"block\")",
+            ),
+            (
+                "/config_groups/group_0/weights/num_bits",
+                json!(4),
+                "num_bits 4",
+            ),
+            (
+                "/config_groups/group_0/input_activations/dynamic",
+                json!(false),
+                "static activation scales",
+            ),
+            (
+                "/kv_cache_scheme",
+                json!({"num_bits": 8}),
+                "kv_cache_scheme",
+            ),
+            (
+                "/format",
+                json!("pack-quantized"),
+                "format \"pack-quantized\"",
+            ),
+            (
+                "/ignore",
+                json!(["model.layers.9.mlp.up_proj"]),
+                "not a Linear layer of this model",
+            ),
+        ];
+        for (path, value, want) in cases {
+            let mut q = llmcompressor_fp8_dynamic();
+            *q.pointer_mut(path).unwrap() = value;
+            let e = parse_compressed_tensors(&q, 4).unwrap_err().0;
+            assert!(e.contains(want), "{path}: {e}");
+            assert!(e.starts_with("quantization_config: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn e4m3_bytes_decode_as_torch_does() {
+        // torch.tensor([...], dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+        for (b, want) in [
+            (0x00u8, 0.0f32),
+            (0x38, 1.0),
+            (0x40, 2.0),
+            (0xb8, -1.0),
+            (0x7e, 448.0),
+            (0x01, 0.001953125),
+            (0x07, 0.013671875),
+            (0x3c, 1.5),
+        ] {
+            assert_eq!(e4m3_to_f32(b), want, "{b:#x}");
+        }
+        assert!(e4m3_to_f32(0x7f).is_nan());
+    }
+}
