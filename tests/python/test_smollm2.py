@@ -1,7 +1,10 @@
 """The real small model: SmolLM2-135M-Instruct (prepared by scripts/get-smollm2.sh)
 answers the France question with Paris, identically on 1 rank and on 2 ranks (PP=2);
-TP=2 is refused clearly (9 heads)."""
+TP=2 is refused clearly (9 heads); quantized to FP8 by llmcompressor it still answers Paris."""
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,34 @@ def test_tensor_parallel_two_is_refused_clearly(model):
     assert ("Total number of attention heads (9) must be divisible by tensor parallel size (2); "
             "valid -tp values: 1, 3, 9") in p.stderr
     assert "exitcode  : 2" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def fp8_model(model, tmp_path_factory):
+    """SmolLM2 quantized by llmcompressor, FP8 dynamic (e4m3 weights with per-channel
+    scales, lm_head and the tied embedding left bf16), saved compressed."""
+    out = tmp_path_factory.mktemp("smollm2-fp8") / "SmolLM2-135M-Instruct-FP8-dynamic"
+    code = f"""
+import shutil, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+from llmcompressor import oneshot
+from llmcompressor.modifiers.quantization import QuantizationModifier
+m = AutoModelForCausalLM.from_pretrained({model!r}, dtype=torch.bfloat16)
+oneshot(model=m, recipe=QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=["lm_head"]))
+m.save_pretrained({str(out)!r}, save_compressed=True)
+for f in Path({model!r}).glob("*"):
+    if f.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")):
+        shutil.copy(f, {str(out)!r})
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return str(out)
+
+
+def test_fp8_dynamic_from_llmcompressor_answers_paris(fp8_model):
+    cfg = json.loads((Path(fp8_model) / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "compressed-tensors" and cfg["format"] == "float-quantized"
+    one = answer(fp8_model, 1)
+    assert "Paris" in one, one
+    assert answer(fp8_model, 2, "-pp", 2) == one
