@@ -4,10 +4,11 @@ quantize with, and their references.
 
 For each base model NAME (the tiny llama and qwen2 of scripts/make-test-model.py): llmcompressor's
 oneshot with QuantizationModifier(scheme SCHEME, targets Linear, ignore lm_head), saved compressed
-(compressed-tensors float-quantized: e4m3 weights with their weight_scale tensors) as
+(compressed-tensors float-quantized: e4m3 weights with their weight_scale tensors, and input_scale
+tensors for the static scheme) as
 tests/data/NAME-fp8-SUFFIX, with the base model's tokenizer. reference.json: the dequantized model
-(every FP8 weight as float32 e4m3 · scale, the tool's dequantized weights) run by transformers in
-float32 on the base model's prompt: logits at every prompt position and 32 greedy tokens. FP8 changes
+(every FP8 weight as float32 e4m3 · scale, the tool's dequantized weights; activations unquantized)
+run by transformers in float32 on the base model's prompt: logits at every prompt position and 32 greedy tokens. FP8 changes
 the weights enough that the greedy tokens may differ from the base model's; the reference is the
 quantized model itself.
 
@@ -27,7 +28,11 @@ from llmcompressor.modifiers.quantization import QuantizationModifier
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA
-MODELS = [("llama", "FP8_DYNAMIC", "dynamic"), ("qwen2", "FP8_DYNAMIC", "dynamic")]
+# (base model, llmcompressor scheme, directory suffix). FP8_DYNAMIC: per-channel weight scales,
+# per-token activations at run time; FP8: per-tensor weight scales and static per-tensor input
+# scales, calibrated on CALIBRATION random-token sequences.
+MODELS = [("llama", "FP8_DYNAMIC", "dynamic"), ("qwen2", "FP8_DYNAMIC", "dynamic"), ("llama", "FP8", "static")]
+CALIBRATION = 16
 
 
 def dequantized_state(d):
@@ -53,7 +58,16 @@ def main():
         shutil.rmtree(dst, ignore_errors=True)
         torch.manual_seed(0)
         m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
-        oneshot(model=m, recipe=QuantizationModifier(targets="Linear", scheme=scheme, ignore=["lm_head"]))
+        recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=["lm_head"])
+        if scheme == "FP8_DYNAMIC":
+            oneshot(model=m, recipe=recipe)
+        else:
+            from datasets import Dataset
+            g = torch.Generator().manual_seed(0)
+            rows = [{"input_ids": torch.randint(4, m.config.vocab_size, (24,), generator=g).tolist(),
+                     "attention_mask": [1] * 24} for _ in range(CALIBRATION)]
+            oneshot(model=m, dataset=Dataset.from_list(rows), recipe=recipe,
+                    num_calibration_samples=CALIBRATION, max_seq_length=24)
         m.save_pretrained(dst, save_compressed=True)
         for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]:
             if (src / f).exists():

@@ -312,9 +312,10 @@ def test_truncated_weights_name_the_same_tensor_on_every_rank_and_run(tmp_path):
 
 
 # FP8 checkpoints made by llmcompressor (scripts/make-fp8-test-model.py): compressed-tensors
-# float-quantized, e4m3 weights with per-channel scales, lm_head left bf16. The reference is the
-# tool's dequantized model (e4m3 · scale in float32) run by transformers.
-@pytest.mark.parametrize("arch", ["llama-fp8-dynamic", "qwen2-fp8-dynamic"])
+# float-quantized, e4m3 weights with per-channel (dynamic) or per-tensor (static) scales, lm_head left
+# bf16. The reference is the tool's dequantized model (e4m3 · scale in float32, activations unquantized)
+# run by transformers; the static scheme's input scales are checked but not applied on CPU.
+@pytest.mark.parametrize("arch", ["llama-fp8-dynamic", "qwen2-fp8-dynamic", "llama-fp8-static"])
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_fp8_checkpoints_match_their_dequantized_model(tmp_path, arch, tp, pp):
     check_against(DATA / arch, ref(arch), tp, pp, tmp_path)
@@ -332,8 +333,10 @@ def test_refuses_base_weights_under_an_fp8_config(tmp_path):
 
 
 @pytest.mark.parametrize("edit,want", [
+    (lambda q: q["config_groups"]["group_0"]["input_activations"].update(dynamic=False),
+     'dynamic false, strategy "token" is not implemented'),
     (lambda q: q["config_groups"]["group_0"]["input_activations"].update(dynamic=False, strategy="tensor"),
-     "static activation scales are not"),
+     "tensor model.layers.0.self_attn.q_proj.input_scale is missing from the checkpoint"),
     (lambda q: q["config_groups"]["group_0"]["weights"].update(strategy="block", block_structure=[128, 128]),
      "strategy Some(\"block\") (block or group scales) is not implemented"),
     (lambda q: q.update(ignore=["lm_head", "model.layers.7.mlp.down_proj"]),

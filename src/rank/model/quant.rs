@@ -1,8 +1,8 @@
 //! Quantized checkpoints: `quantization_config` read as vLLM detects it, and what the
 //! weights recipe needs from it. Implemented: compressed-tensors `float-quantized` FP8
 //! (e4m3 weights with per-channel or per-tensor scales; activations quantized per token
-//! at run time, which the f32 reference computes unquantized, as the tool's dequantized
-//! model does). Every other method, format or scheme is refused with one line naming it.
+//! at run time, or with one saved scale per layer; the f32 reference computes them
+//! unquantized, as the tool's dequantized model does). Every other method, format or scheme is refused with one line naming it.
 
 use serde_json::Value;
 
@@ -17,10 +17,24 @@ pub enum ScaleStrategy {
     Tensor,
 }
 
+/// How a checkpoint's activations are quantized before each FP8 product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// No activation quantization (weight-only FP8).
+    None,
+    /// Per token, at run time.
+    DynamicToken,
+    /// One saved `input_scale` per Linear module.
+    StaticTensor,
+}
+
 /// A checkpoint's FP8 scheme.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fp8 {
     pub weights: ScaleStrategy,
+    /// The CPU reference computes activations in f32 whatever this says (the tool's
+    /// dequantized model); the saved input scales of a static scheme are still checked.
+    pub activations: Activations,
     /// Linear layers left unquantized (module names, e.g. `lm_head`).
     pub ignore: Vec<String>,
 }
@@ -34,7 +48,7 @@ impl Fp8 {
 
 fn refuse(what: impl std::fmt::Display) -> ValidationError {
     ValidationError(format!(
-        "quantization_config: {what}; rrank serves compressed-tensors float-quantized FP8 (weights e4m3, per-channel or per-tensor scales, dynamic per-token activations) and unquantized checkpoints"
+        "quantization_config: {what}; rrank serves compressed-tensors float-quantized FP8 (weights e4m3, per-channel or per-tensor scales; activations dynamic per token or static per tensor) and unquantized checkpoints"
     ))
 }
 
@@ -106,24 +120,25 @@ pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, Validat
             )));
         }
     };
-    match g.get("input_activations").filter(|a| !a.is_null()) {
-        None => {}
+    let activations = match g.get("input_activations").filter(|a| !a.is_null()) {
+        None => Activations::None,
         Some(a) => {
-            let dynamic_token = field(a, "type") == "float"
-                && field(a, "num_bits") == 8
-                && field(a, "dynamic") == true
-                && field(a, "strategy") == "token";
-            if !dynamic_token {
-                return Err(refuse(format!(
-                    "{gname}.input_activations {} {} bits, dynamic {}, strategy {} is not implemented (dynamic per-token FP8 is; static activation scales are not)",
-                    field(a, "type"),
-                    field(a, "num_bits"),
-                    field(a, "dynamic"),
-                    field(a, "strategy")
-                )));
+            let fp8 = field(a, "type") == "float" && field(a, "num_bits") == 8;
+            match (fp8, field(a, "dynamic"), field(a, "strategy").as_str()) {
+                (true, Value::Bool(true), Some("token")) => Activations::DynamicToken,
+                (true, Value::Bool(false), Some("tensor")) => Activations::StaticTensor,
+                _ => {
+                    return Err(refuse(format!(
+                        "{gname}.input_activations {} {} bits, dynamic {}, strategy {} is not implemented (FP8 dynamic per token, or static per tensor, is)",
+                        field(a, "type"),
+                        field(a, "num_bits"),
+                        field(a, "dynamic"),
+                        field(a, "strategy")
+                    )));
+                }
             }
         }
-    }
+    };
     if g.get("output_activations").is_some_and(|o| !o.is_null()) {
         return Err(refuse(format!(
             "{gname}.output_activations is not implemented"
@@ -146,7 +161,11 @@ pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, Validat
             )));
         }
     }
-    Ok(Fp8 { weights, ignore })
+    Ok(Fp8 {
+        weights,
+        activations,
+        ignore,
+    })
 }
 
 /// Whether `name` is one of the model's Linear modules.
@@ -212,6 +231,12 @@ mod tests {
     fn llmcompressor_fp8_dynamic_is_read() {
         let f = parse_compressed_tensors(&llmcompressor_fp8_dynamic(), 4).unwrap();
         assert_eq!(f.weights, ScaleStrategy::Channel);
+        assert_eq!(f.activations, Activations::DynamicToken);
+        let mut st = llmcompressor_fp8_dynamic();
+        st["config_groups"]["group_0"]["input_activations"]["dynamic"] = json!(false);
+        st["config_groups"]["group_0"]["input_activations"]["strategy"] = json!("tensor");
+        let f = parse_compressed_tensors(&st, 4).unwrap();
+        assert_eq!(f.activations, Activations::StaticTensor);
         assert!(!f.covers("lm_head"));
         assert!(f.covers("model.layers.3.mlp.up_proj"));
     }
@@ -232,7 +257,7 @@ mod tests {
             (
                 "/config_groups/group_0/input_activations/dynamic",
                 json!(false),
-                "static activation scales",
+                "dynamic false, strategy \"token\" is not implemented",
             ),
             (
                 "/kv_cache_scheme",

@@ -9,7 +9,7 @@
 //! rows here and a new [`Role`] where the forward uses it, not a loader per backend.
 
 use super::config::{Arch, ModelConfig};
-use super::quant::ScaleStrategy;
+use super::quant::{Activations, Fp8, ScaleStrategy};
 use super::shard::Shard;
 use crate::rank::dist::Placement;
 
@@ -255,17 +255,17 @@ pub struct Want {
     pub stored: Stored,
 }
 
-/// The FP8 scale of Linear module `module`, when config.json quantizes it.
-fn fp8_scale(cfg: &ModelConfig, module: &str) -> Option<ScaleStrategy> {
+/// The FP8 scheme covering Linear module `module`, when config.json quantizes it.
+fn fp8_of<'c>(cfg: &'c ModelConfig, module: &str) -> Option<&'c Fp8> {
     // Only Linear modules are quantized: the LM head (the embedding is looked up, also
     // where it is tied to the head) and the layers' projections.
     let linear = module == "lm_head" || module.starts_with("model.layers.");
-    cfg.fp8
-        .as_ref()
-        .filter(|_| linear)
-        .as_ref()
-        .filter(|f| f.covers(module))
-        .map(|f| f.weights)
+    cfg.fp8.as_ref().filter(|f| linear && f.covers(module))
+}
+
+/// The FP8 scale of Linear module `module`, when config.json quantizes it.
+fn fp8_scale(cfg: &ModelConfig, module: &str) -> Option<ScaleStrategy> {
+    fp8_of(cfg, module).map(|f| f.weights)
 }
 
 /// A weight tensor and, for an FP8 one, its scale, with full shapes.
@@ -273,31 +273,40 @@ fn wants(cfg: &ModelConfig, name: String, shape: Vec<usize>, kind: Kind) -> Vec<
     let module = name
         .strip_suffix(".weight")
         .filter(|_| kind == Kind::Matrix);
-    match module.and_then(|m| fp8_scale(cfg, m)) {
-        None => vec![Want {
+    let Some(fp8) = module.and_then(|m| fp8_of(cfg, m)) else {
+        return vec![Want {
             name,
             shape,
             stored: Stored::Float,
-        }],
-        Some(strategy) => {
-            let scale_shape = match strategy {
-                ScaleStrategy::Channel => vec![shape[0], 1],
-                ScaleStrategy::Tensor => vec![1],
-            };
-            vec![
-                Want {
-                    name: format!("{name}_scale"),
-                    shape: scale_shape,
-                    stored: Stored::Scale(strategy),
-                },
-                Want {
-                    name,
-                    shape,
-                    stored: Stored::Fp8,
-                },
-            ]
-        }
-    }
+        }];
+    };
+    // A static scheme saves one input scale per module (checked; the f32 reference does
+    // not quantize activations).
+    let input_scale = (fp8.activations == Activations::StaticTensor)
+        .then(|| module.map(|m| format!("{m}.input_scale")))
+        .flatten();
+    let scale_shape = match fp8.weights {
+        ScaleStrategy::Channel => vec![shape[0], 1],
+        ScaleStrategy::Tensor => vec![1],
+    };
+    let mut w = vec![
+        Want {
+            name: format!("{name}_scale"),
+            shape: scale_shape,
+            stored: Stored::Scale(fp8.weights),
+        },
+        Want {
+            name,
+            shape,
+            stored: Stored::Fp8,
+        },
+    ];
+    w.extend(input_scale.map(|name| Want {
+        name,
+        shape: vec![1],
+        stored: Stored::Scale(ScaleStrategy::Tensor),
+    }));
+    w
 }
 
 /// Every checkpoint tensor config.json implies, with its full shape and stored kind, in
