@@ -36,22 +36,55 @@ CALIBRATION = 16
 
 
 def dequantized_state(d):
-    """Every tensor of the checkpoint in float32, FP8 weights times their scales."""
+    """Every tensor of the checkpoint in float32, FP8 weights times their scales: `weight_scale`
+    (compressed-tensors: per channel or per tensor) or `weight_scale_inv` (transformers' fp8: one
+    per block of the weight, expanded to the elements it covers)."""
     sd = {}
     for f in sorted(d.glob("*.safetensors")):
         sd.update(load_file(f))
     out = {}
     for k, v in sd.items():
-        if k.endswith("_scale"):
+        if k.endswith(("_scale", "_scale_inv")):
             continue
-        if v.dtype == torch.float8_e4m3fn:
+        if v.dtype != torch.float8_e4m3fn:
+            out[k] = v.float()
+        elif k + "_scale" in sd:
             out[k] = v.float() * sd[k + "_scale"].float()
         else:
-            out[k] = v.float()
+            s = sd[k + "_scale_inv"].float()
+            br, bc = -(-v.shape[0] // s.shape[0]), -(-v.shape[1] // s.shape[1])
+            full = s.repeat_interleave(br, 0).repeat_interleave(bc, 1)[: v.shape[0], : v.shape[1]]
+            out[k] = v.float() * full
     return out
 
 
+def write_reference(src, dst, note):
+    """reference.json of checkpoint `dst` (the dequantized model in float32) on `src`'s prompt."""
+    base = json.loads((src / "reference.json").read_text())
+    cfg = AutoConfig.from_pretrained(src)
+    cfg.dtype = torch.float32
+    ref_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = ref_model.load_state_dict(dequantized_state(dst), strict=False)
+    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+    ref_model.tie_weights()
+    ref_model.eval()
+    ids = torch.tensor([base["prompt_ids"]])
+    with torch.no_grad():
+        logits = ref_model(ids).logits[0].float()
+        greedy = ref_model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                    eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    (dst / "reference.json").write_text(json.dumps({
+        "prompt": base.get("prompt"), "prompt_ids": base["prompt_ids"], "scheme": note,
+        "logits": [[round(x, 6) for x in row] for row in logits.tolist()], "greedy": greedy}))
+    print(f"{dst}: {note}, greedy {greedy[:8]}...")
+
+
 def main():
+    # llama-fp8-block: transformers' own FineGrainedFP8Config(weight_block_size=(16, 16)) quantizer,
+    # which needs a GPU (made on the H200: from_pretrained("tests/data/llama", quantization_config=...,
+    # device_map="cuda").save_pretrained(...)); only its reference is (re)written here.
+    if (OUT / "llama-fp8-block" / "model.safetensors").exists():
+        write_reference(DATA / "llama", OUT / "llama-fp8-block", "transformers fp8, 16x16 blocks")
     for name, scheme, suffix in MODELS:
         src = DATA / name
         dst = OUT / f"{name}-fp8-{suffix}"
@@ -74,23 +107,7 @@ def main():
                 shutil.copy(src / f, dst / f)
         for f in ["recipe.yaml"]:
             (dst / f).unlink(missing_ok=True)
-        base = json.loads((src / "reference.json").read_text())
-        cfg = AutoConfig.from_pretrained(src)
-        cfg.dtype = torch.float32
-        ref_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-        missing, unexpected = ref_model.load_state_dict(dequantized_state(dst), strict=False)
-        assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
-        ref_model.tie_weights()
-        ref_model.eval()
-        ids = torch.tensor([base["prompt_ids"]])
-        with torch.no_grad():
-            logits = ref_model(ids).logits[0].float()
-            greedy = ref_model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                                        eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
-        (dst / "reference.json").write_text(json.dumps({
-            "prompt": base.get("prompt"), "prompt_ids": base["prompt_ids"], "scheme": scheme,
-            "logits": [[round(x, 6) for x in row] for row in logits.tolist()], "greedy": greedy}))
-        print(f"{dst}: {scheme}, greedy {greedy[:8]}...")
+        write_reference(src, dst, scheme)
 
 
 if __name__ == "__main__":

@@ -196,11 +196,12 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
     }
     let ckpt = Checkpoint::open(&dir)?;
     ckpt.validate(&cfg)?;
+    super::model::recipe::check_block_cuts(&cfg, tp).map_err(RankError::Invalid)?;
     check_quantization(engine, &cfg)?;
     let device = resolve_device(engine, &ckpt)?;
     if let (DeviceKind::Cuda(_), Some(_)) = (device, &cfg.fp8) {
         return Err(RankError::Invalid(
-            "this FP8 (compressed-tensors) checkpoint runs on the CPU backend only so far; use --device cpu, or an unquantized checkpoint on the GPU".into(),
+            "this FP8 checkpoint runs on the CPU backend only so far; use --device cpu, or an unquantized checkpoint on the GPU".into(),
         ));
     }
     let gpu = match device {

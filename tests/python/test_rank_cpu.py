@@ -315,7 +315,8 @@ def test_truncated_weights_name_the_same_tensor_on_every_rank_and_run(tmp_path):
 # float-quantized, e4m3 weights with per-channel (dynamic) or per-tensor (static) scales, lm_head left
 # bf16. The reference is the tool's dequantized model (e4m3 · scale in float32, activations unquantized)
 # run by transformers; the static scheme's input scales are checked but not applied on CPU.
-@pytest.mark.parametrize("arch", ["llama-fp8-dynamic", "qwen2-fp8-dynamic", "llama-fp8-static"])
+# llama-fp8-block: transformers' own fp8 quantizer (16x16 blocks of weight_scale_inv; made on a GPU).
+@pytest.mark.parametrize("arch", ["llama-fp8-dynamic", "qwen2-fp8-dynamic", "llama-fp8-static", "llama-fp8-block"])
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_fp8_checkpoints_match_their_dequantized_model(tmp_path, arch, tp, pp):
     check_against(DATA / arch, ref(arch), tp, pp, tmp_path)
@@ -357,7 +358,7 @@ def test_refuses_fp8_scale_shapes_that_do_not_match_the_strategy(tmp_path):
     q = fp8_config()
     q["config_groups"]["group_0"]["weights"]["strategy"] = "tensor"
     edit_config(m, quantization_config=q)
-    refuse(m, [], 1, "shape [64, 1] does not match config.json (expected [1] (a per-tensor FP8 scale")
+    refuse(m, [], 1, "shape [64, 1] does not match config.json (expected [1] (the FP8 scales of quantization_config's per-tensor strategy)")
 
 
 def test_refuses_a_quantization_flag_the_checkpoint_contradicts(tmp_path):
@@ -366,3 +367,10 @@ def test_refuses_a_quantization_flag_the_checkpoint_contradicts(tmp_path):
            '--quantization fp8 but the checkpoint\'s quantization_config says quant_method "compressed-tensors"')
     b = truncated_copy(DATA / "llama", tmp_path / "b")
     refuse(b, ["--quantization", "fp8"], 1, "--quantization fp8 on an unquantized checkpoint (quantizing at load) is not implemented")
+
+
+def test_refuses_a_tensor_parallel_size_that_cuts_fp8_blocks(tmp_path):
+    m = truncated_copy(DATA / "llama-fp8-block", tmp_path / "m")
+    t = refuse(m, ["-tp", 4], 4, "tensor parallel size 4 would cut the FP8 scale blocks (16×16): a shard's "
+                                 "k_proj/v_proj rows start at 8, not a multiple of 16")
+    assert t.endswith("valid -tp values: 1, 2"), t

@@ -222,11 +222,11 @@ impl Checkpoint {
             if !shape_ok {
                 let what = match stored {
                     Stored::Scale(s) => format!(
-                        " (a per-{} FP8 scale, as quantization_config's strategy says)",
-                        if *s == ScaleStrategy::Channel {
-                            "channel"
-                        } else {
-                            "tensor"
+                        " (the FP8 scales of quantization_config's {})",
+                        match s {
+                            ScaleStrategy::Channel => "per-channel strategy".to_string(),
+                            ScaleStrategy::Tensor => "per-tensor strategy".to_string(),
+                            ScaleStrategy::Block(r, c) => format!("{r}×{c} blocks"),
                         }
                     ),
                     _ => String::new(),

@@ -262,6 +262,10 @@ impl ModelConfig {
                     Err(e) => (None, Some(e.0)),
                 }
             }
+            (Some(q), Some("fp8")) => match quant::parse_transformers_fp8(q, num_layers) {
+                Ok(f) => (Some(f), None),
+                Err(e) => (None, Some(e.0)),
+            },
             (_, Some(m)) => (
                 None,
                 Some(format!(

@@ -15,6 +15,8 @@ pub enum ScaleStrategy {
     Channel,
     /// One scale for the whole tensor, stored `[1]` or `[]`.
     Tensor,
+    /// One scale per `(rows, cols)` block, stored `[⌈out/rows⌉, ⌈in/cols⌉]`.
+    Block(usize, usize),
 }
 
 /// How a checkpoint's activations are quantized before each FP8 product.
@@ -32,6 +34,10 @@ pub enum Activations {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fp8 {
     pub weights: ScaleStrategy,
+    /// The scale tensor beside each FP8 weight: `{module}.weight_scale`
+    /// (compressed-tensors) or `{module}.weight_scale_inv` (transformers' `fp8`); the
+    /// weight is `e4m3 · scale` either way.
+    pub scale_suffix: &'static str,
     /// The CPU reference computes activations in f32 whatever this says (the tool's
     /// dequantized model); the saved input scales of a static scheme are still checked.
     pub activations: Activations,
@@ -163,7 +169,81 @@ pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, Validat
     }
     Ok(Fp8 {
         weights,
+        scale_suffix: "weight_scale",
         activations,
+        ignore,
+    })
+}
+
+/// The FP8 scheme of transformers' fine-grained `fp8` `quantization_config` (the format of
+/// DeepSeek and Qwen3 FP8 checkpoints: 128×128 blocks of `weight_scale_inv`), or why it
+/// is refused. The output embedding stays unquantized, as transformers keeps it.
+pub fn parse_transformers_fp8(q: &Value, layers: usize) -> Result<Fp8, ValidationError> {
+    let refuse = |what: String| {
+        ValidationError(format!(
+            "quantization_config (quant_method \"fp8\"): {what}; rrank serves transformers' fp8 with weight_block_size, dynamic activations and float scales"
+        ))
+    };
+    let get = |k: &str| q.get(k).cloned().unwrap_or(Value::Null);
+    match get("activation_scheme").as_str() {
+        Some("dynamic") | None => {}
+        Some(other) => {
+            return Err(refuse(format!(
+                "activation_scheme {other:?} is not implemented"
+            )));
+        }
+    }
+    if get("dequantize") == true {
+        return Err(refuse("dequantize true is not implemented".into()));
+    }
+    if !matches!(get("scale_fmt").as_str(), None | Some("float")) {
+        return Err(refuse(format!(
+            "scale_fmt {} is not implemented",
+            get("scale_fmt")
+        )));
+    }
+    if !get("modules_to_convert").is_null() {
+        return Err(refuse("modules_to_convert is not implemented".into()));
+    }
+    let block = get("weight_block_size");
+    let dims: Vec<usize> = block
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64().map(|v| v as usize))
+                .collect()
+        })
+        .unwrap_or_default();
+    let weights = match dims[..] {
+        [r, c] if r > 0 && c > 0 => ScaleStrategy::Block(r, c),
+        _ => {
+            return Err(refuse(format!(
+                "weight_block_size {block} is not implemented (two positive sizes, e.g. [128, 128], are)"
+            )));
+        }
+    };
+    let mut ignore: Vec<String> = q
+        .get("modules_to_not_convert")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in &ignore {
+        if !linear_exists(name, layers) {
+            return Err(refuse(format!(
+                "modules_to_not_convert names {name:?}, which is not a Linear layer of this model"
+            )));
+        }
+    }
+    ignore.push("lm_head".into());
+    Ok(Fp8 {
+        weights,
+        scale_suffix: "weight_scale_inv",
+        activations: Activations::DynamicToken,
         ignore,
     })
 }
@@ -281,6 +361,34 @@ mod tests {
             let e = parse_compressed_tensors(&q, 4).unwrap_err().0;
             assert!(e.contains(want), "{path}: {e}");
             assert!(e.starts_with("quantization_config: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn transformers_fp8_blocks_are_read() {
+        let q = json!({"quant_method": "fp8", "activation_scheme": "dynamic", "dequantize": false,
+                       "modules_to_convert": null, "modules_to_not_convert": null, "scale_fmt": "float",
+                       "weight_block_size": [128, 128]});
+        let f = parse_transformers_fp8(&q, 4).unwrap();
+        assert_eq!(f.weights, ScaleStrategy::Block(128, 128));
+        assert_eq!(f.scale_suffix, "weight_scale_inv");
+        assert!(
+            !f.covers("lm_head"),
+            "the output embedding stays unquantized"
+        );
+        for (k, v, want) in [
+            (
+                "activation_scheme",
+                json!("static"),
+                "activation_scheme \"static\"",
+            ),
+            ("weight_block_size", json!(null), "weight_block_size null"),
+            ("scale_fmt", json!("ue8m0"), "scale_fmt \"ue8m0\""),
+        ] {
+            let mut bad = q.clone();
+            bad[k] = v;
+            let e = parse_transformers_fp8(&bad, 4).unwrap_err().0;
+            assert!(e.contains(want), "{e}");
         }
     }
 

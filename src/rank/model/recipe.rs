@@ -263,11 +263,6 @@ fn fp8_of<'c>(cfg: &'c ModelConfig, module: &str) -> Option<&'c Fp8> {
     cfg.fp8.as_ref().filter(|f| linear && f.covers(module))
 }
 
-/// The FP8 scale of Linear module `module`, when config.json quantizes it.
-fn fp8_scale(cfg: &ModelConfig, module: &str) -> Option<ScaleStrategy> {
-    fp8_of(cfg, module).map(|f| f.weights)
-}
-
 /// A weight tensor and, for an FP8 one, its scale, with full shapes.
 fn wants(cfg: &ModelConfig, name: String, shape: Vec<usize>, kind: Kind) -> Vec<Want> {
     let module = name
@@ -288,10 +283,12 @@ fn wants(cfg: &ModelConfig, name: String, shape: Vec<usize>, kind: Kind) -> Vec<
     let scale_shape = match fp8.weights {
         ScaleStrategy::Channel => vec![shape[0], 1],
         ScaleStrategy::Tensor => vec![1],
+        ScaleStrategy::Block(r, c) => vec![shape[0].div_ceil(r), shape[1].div_ceil(c)],
     };
+    let scale_name = format!("{}.{}", module.unwrap_or_default(), fp8.scale_suffix);
     let mut w = vec![
         Want {
-            name: format!("{name}_scale"),
+            name: scale_name,
             shape: scale_shape,
             stored: Stored::Scale(fp8.weights),
         },
@@ -364,10 +361,8 @@ pub struct Tensor {
     pub rows: usize,
     pub cols: usize,
     pub kind: Kind,
-    /// For FP8 weights, one scale piece per weight piece and the rows it covers: a
-    /// per-channel scale has one value per row, a per-tensor scale one for all of them.
-    /// Empty for unquantized weights.
-    pub scales: Vec<(Piece, usize)>,
+    /// For FP8 weights, the scales of each weight piece. Empty for unquantized weights.
+    pub scales: Vec<ScalePiece>,
 }
 
 impl Tensor {
@@ -451,25 +446,97 @@ impl RankWeights<Tensor> {
     }
 }
 
-/// The scale piece of FP8 weight piece `p` (`rows` rows cut along `split`), if the
-/// weight is FP8: per-channel scales are cut like the weight's rows; a per-tensor scale,
-/// and the scales of a column cut (every output row), are read whole.
-fn scale_piece(cfg: &ModelConfig, p: &Piece, rows: usize, kind: Kind) -> Option<(Piece, usize)> {
+/// An FP8 weight piece's scales: the scale tensor's piece, the weight rows it covers,
+/// and the block of weight elements one scale value covers (`(1, cols)` per channel,
+/// `(rows, cols)` per tensor, the checkpoint's block otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePiece {
+    pub piece: Piece,
+    pub rows: usize,
+    pub block: (usize, usize),
+}
+
+/// The scales of FP8 weight piece `p` (`rows` × `cols` once cut), if the weight is FP8:
+/// per-channel scales are cut like the weight's rows, block scales like its rows or
+/// columns (in blocks; the cut is block-aligned, see [`check_block_cuts`]), a per-tensor
+/// scale and a column cut's per-channel scales are read whole.
+fn scale_piece(
+    cfg: &ModelConfig,
+    p: &Piece,
+    (rows, cols): (usize, usize),
+    kind: Kind,
+) -> Option<ScalePiece> {
     let module = p
         .name
         .strip_suffix(".weight")
         .filter(|_| kind == Kind::Matrix)?;
-    let strategy = fp8_scale(cfg, module)?;
-    let cut = match (strategy, p.cut) {
-        (ScaleStrategy::Channel, Cut::Rows(a, b)) => Cut::Rows(a, b),
-        _ => Cut::All,
+    let fp8 = fp8_of(cfg, module)?;
+    let (cut, block) = match (fp8.weights, p.cut) {
+        (ScaleStrategy::Channel, Cut::Rows(a, b)) => (Cut::Rows(a, b), (1, cols)),
+        (ScaleStrategy::Channel, _) => (Cut::All, (1, cols)),
+        (ScaleStrategy::Tensor, _) => (Cut::All, (rows, cols)),
+        (ScaleStrategy::Block(br, bc), Cut::Rows(a, b)) => {
+            (Cut::Rows(a / br, b.div_ceil(br)), (br, bc))
+        }
+        (ScaleStrategy::Block(br, bc), Cut::Cols(a, b)) => {
+            (Cut::Cols(a / bc, b.div_ceil(bc)), (br, bc))
+        }
+        (ScaleStrategy::Block(br, bc), Cut::All) => (Cut::All, (br, bc)),
     };
-    Some((
-        Piece {
-            name: format!("{}_scale", p.name),
+    Some(ScalePiece {
+        piece: Piece {
+            name: format!("{module}.{}", fp8.scale_suffix),
             cut,
         },
         rows,
+        block,
+    })
+}
+
+/// Refuses a tensor-parallel size whose shards would cut an FP8 scale block: every
+/// rank's rows of q/k/v/gate/up and columns of o/down must start on a block boundary.
+pub fn check_block_cuts(cfg: &ModelConfig, tp: usize) -> Result<(), String> {
+    let Some(ScaleStrategy::Block(br, bc)) = cfg.fp8.as_ref().map(|f| f.weights) else {
+        return Ok(());
+    };
+    let cut = |t: usize| {
+        let p = Placement {
+            tp: t,
+            pp: 1,
+            rank: 0,
+        };
+        (0..t).map(move |r| Shard::new(cfg, Placement { rank: r, ..p }))
+    };
+    let bad = |t: usize| -> Option<(&'static str, usize, usize)> {
+        for s in cut(t) {
+            for (what, (a, _), block) in [
+                ("q_proj rows", s.q, br),
+                ("k_proj/v_proj rows", s.kv, br),
+                ("gate_proj/up_proj rows", s.mlp, br),
+                ("o_proj columns", s.q, bc),
+                ("down_proj columns", s.mlp, bc),
+            ] {
+                if a % block != 0 {
+                    return Some((what, a, block));
+                }
+            }
+        }
+        None
+    };
+    let Some((what, at, block)) = bad(tp) else {
+        return Ok(());
+    };
+    let valid: Vec<String> = (1..=cfg.num_heads)
+        .filter(|t| {
+            cfg.num_heads.is_multiple_of(*t)
+                && cfg.validate_placement(*t, 1, *t).is_ok()
+                && bad(*t).is_none()
+        })
+        .map(|t| t.to_string())
+        .collect();
+    Err(format!(
+        "tensor parallel size {tp} would cut the FP8 scale blocks ({br}×{bc}): a shard's {what} start at {at}, not a multiple of {block}; valid -tp values: {}",
+        valid.join(", ")
     ))
 }
 
@@ -521,7 +588,7 @@ pub fn for_rank(
                     scales: vec![],
                 });
                 debug_assert_eq!(t.cols, cols, "{:?} stacks tensors of one width", r.role);
-                if let Some(sc) = scale_piece(cfg, &p, rows, t.kind) {
+                if let Some(sc) = scale_piece(cfg, &p, (rows, cols), t.kind) {
                     t.scales.push(sc);
                 }
                 t.pieces.push(p);
@@ -539,7 +606,9 @@ pub fn for_rank(
             Rows(Dim::Vocab),
         );
         Tensor {
-            scales: scale_piece(cfg, &p, rows, kind).into_iter().collect(),
+            scales: scale_piece(cfg, &p, (rows, cols), kind)
+                .into_iter()
+                .collect(),
             pieces: vec![p],
             rows: rows.max(pad_to),
             cols,
@@ -721,9 +790,9 @@ mod tests {
         let w = for_rank(&c, &Shard::new(&c, p), p, false);
         let qkv = w.layers[0].get(Role::Qkv);
         assert!(qkv.is_fp8());
-        assert_eq!(qkv.scales[0].0.cut, Cut::Rows(32, 64));
-        assert_eq!(qkv.scales[0].1, 32);
-        assert_eq!(w.layers[0].get(Role::O).scales[0].0.cut, Cut::All);
+        assert_eq!(qkv.scales[0].piece.cut, Cut::Rows(32, 64));
+        assert_eq!((qkv.scales[0].rows, qkv.scales[0].block), (32, (1, 64)));
+        assert_eq!(w.layers[0].get(Role::O).scales[0].piece.cut, Cut::All);
         assert!(!w.layers[1].get(Role::Down).is_fp8());
         assert!(
             !w.lm_head.as_ref().unwrap().is_fp8(),
@@ -736,9 +805,9 @@ mod tests {
         assert_eq!(
             gu.scales
                 .iter()
-                .map(|(p, n)| (p.cut, *n))
+                .map(|s| (s.piece.cut, s.rows, s.block))
                 .collect::<Vec<_>>(),
-            [(Cut::All, 96), (Cut::All, 96)],
+            [(Cut::All, 96, (96, 64)), (Cut::All, 96, (96, 64))],
             "one scale per tensor covers its 96 rows"
         );
     }

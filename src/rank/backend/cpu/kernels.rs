@@ -18,10 +18,14 @@ pub enum Mat {
     F32(Vec<f32>),
     /// Raw bf16 bits.
     Bf16(Vec<u16>),
-    /// FP8 e4m3 bytes and one scale per row: element `(r, c)` is `e4m3(bits[r·cols + c]) · scale[r]`.
+    /// FP8 e4m3 bytes and `scale_cols` scales per row, each for `block` consecutive
+    /// columns: element `(r, c)` is `e4m3(bits[r·cols + c]) · scale[r·scale_cols + c / block]`
+    /// (one scale per row: `scale_cols` 1 and `block` = cols).
     Fp8 {
         bits: Vec<u8>,
         scale: Vec<f32>,
+        scale_cols: usize,
+        block: usize,
     },
 }
 
@@ -43,7 +47,7 @@ impl Mat {
         match self {
             Mat::F32(v) => v.len() * 4,
             Mat::Bf16(v) => v.len() * 2,
-            Mat::Fp8 { bits, scale } => bits.len() + scale.len() * 4,
+            Mat::Fp8 { bits, scale, .. } => bits.len() + scale.len() * 4,
         }
     }
 
@@ -52,11 +56,18 @@ impl Mat {
         match self {
             Mat::F32(v) => std::borrow::Cow::Borrowed(v),
             Mat::Bf16(v) => std::borrow::Cow::Owned(v.iter().map(|b| bf16(*b)).collect()),
-            Mat::Fp8 { bits, scale } => {
-                let cols = bits.len() / scale.len().max(1);
+            Mat::Fp8 {
+                bits,
+                scale,
+                scale_cols,
+                block,
+            } => {
+                let rows = scale.len() / scale_cols.max(&1);
+                let cols = bits.len() / rows.max(1);
                 let mut out = Vec::with_capacity(bits.len());
-                for (r, s) in scale.iter().enumerate() {
-                    out.extend(fp8_row(&bits[r * cols..(r + 1) * cols], *s));
+                for r in 0..rows {
+                    let s = &scale[r * scale_cols..(r + 1) * scale_cols];
+                    out.extend(fp8_row(&bits[r * cols..(r + 1) * cols], s, *block));
                 }
                 std::borrow::Cow::Owned(out)
             }
@@ -91,12 +102,14 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// An FP8 row dequantized: `e4m3(b) · scale`, the f32 product the tool's dequantized
-/// model holds.
+/// An FP8 row dequantized: `e4m3(b) · scale` (the scale of each `block` columns), the
+/// f32 product the tool's dequantized model holds.
 #[inline(always)]
-fn fp8_row(bits: &[u8], scale: f32) -> impl Iterator<Item = f32> + '_ {
+fn fp8_row<'a>(bits: &'a [u8], scale: &'a [f32], block: usize) -> impl Iterator<Item = f32> + 'a {
     let table = e4m3_table();
-    bits.iter().map(move |b| table[*b as usize] * scale)
+    bits.chunks(block.max(1))
+        .zip(scale)
+        .flat_map(move |(c, s)| c.iter().map(move |b| table[*b as usize] * s))
 }
 
 /// Row `o` of a weight matrix as f32: borrowed, or widened from bf16 or dequantized
@@ -110,9 +123,15 @@ fn weight_row<'a>(w: &'a Mat, o: usize, in_f: usize, wide: &'a mut Vec<f32>) -> 
             wide.extend(v[o * in_f..(o + 1) * in_f].iter().map(|b| bf16(*b)));
             wide
         }
-        Mat::Fp8 { bits, scale } => {
+        Mat::Fp8 {
+            bits,
+            scale,
+            scale_cols,
+            block,
+        } => {
             wide.clear();
-            wide.extend(fp8_row(&bits[o * in_f..(o + 1) * in_f], scale[o]));
+            let s = &scale[o * scale_cols..(o + 1) * scale_cols];
+            wide.extend(fp8_row(&bits[o * in_f..(o + 1) * in_f], s, *block));
             wide
         }
     }

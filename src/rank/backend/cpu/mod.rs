@@ -52,19 +52,26 @@ fn read(w: &Weights<'_>, t: &Tensor) -> Mat {
             bits.extend_from_slice(b);
         }
         bits.resize(t.elems(), 0);
-        let mut scale = Vec::with_capacity(t.rows);
-        for (piece, rows) in &t.scales {
-            let (d, b) = w.read(piece);
+        // One scale row per weight row: weight row r of a piece takes scale row r / block rows.
+        let block = t.scales[0].block.1;
+        let scale_cols = t.cols.div_ceil(block);
+        let mut scale = Vec::with_capacity(t.rows * scale_cols);
+        for sp in &t.scales {
+            let (d, b) = w.read(&sp.piece);
             let mut v = Vec::new();
             to_f32(d, &b, &mut v);
-            // One per-tensor scale covers every row of its piece.
-            if v.len() == 1 {
-                v.resize(*rows, v[0]);
+            for r in 0..sp.rows {
+                let at = (r / sp.block.0) * scale_cols;
+                scale.extend_from_slice(&v[at..at + scale_cols]);
             }
-            scale.extend(v);
         }
-        scale.resize(t.rows, 0.0);
-        return Mat::Fp8 { bits, scale };
+        scale.resize(t.rows * scale_cols, 0.0);
+        return Mat::Fp8 {
+            bits,
+            scale,
+            scale_cols,
+            block,
+        };
     }
     if t.kind == Kind::Matrix && parts.iter().all(|(d, _)| *d == "BF16") {
         let mut v: Vec<u16> = Vec::with_capacity(t.elems());
