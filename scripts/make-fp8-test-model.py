@@ -12,6 +12,9 @@ run by transformers in float32 on the base model's prompt: logits at every promp
 the weights enough that the greedy tokens may differ from the base model's; the reference is the
 quantized model itself.
 
+It also writes tests/data/{llama,qwen2}/reference-fp8-at-load.json: the base model with every
+Linear of its layers quantized per channel as `rrank --quantization fp8` does at load.
+
 Usage: scripts/make-fp8-test-model.py [OUT_DIR]   (needs torch, transformers, llmcompressor)
 """
 import json
@@ -79,7 +82,46 @@ def write_reference(src, dst, note):
     print(f"{dst}: {note}, greedy {greedy[:8]}...")
 
 
+def quantized_at_load(src):
+    """`src`'s weights as `rrank --quantization fp8` holds them: every Linear of the layers per
+    channel, scale = max|w| / 448 in float32, e4m3(w / scale) (round to nearest even), dequantized."""
+    sd = {}
+    for f in sorted(src.glob("*.safetensors")):
+        sd.update(load_file(f))
+    out = {}
+    for k, v in sd.items():
+        w = v.float()
+        if k.startswith("model.layers.") and k.endswith("_proj.weight"):
+            amax = w.abs().amax(dim=1, keepdim=True)
+            scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+            w = (w / scale).to(torch.float8_e4m3fn).float() * scale
+        out[k] = w
+    return out
+
+
+def write_at_load_reference(name):
+    src = DATA / name
+    base = json.loads((src / "reference.json").read_text())
+    cfg = AutoConfig.from_pretrained(src)
+    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = m.load_state_dict(quantized_at_load(src), strict=False)
+    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+    m.tie_weights()
+    m.eval()
+    ids = torch.tensor([base["prompt_ids"]])
+    with torch.no_grad():
+        logits = m(ids).logits[0].float()
+        greedy = m.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    (src / "reference-fp8-at-load.json").write_text(json.dumps({
+        "prompt_ids": base["prompt_ids"], "args": ["--quantization", "fp8"],
+        "logits": [[round(x, 6) for x in row] for row in logits.tolist()], "greedy": greedy}))
+    print(f"{src}/reference-fp8-at-load.json: greedy {greedy[:8]}...")
+
+
 def main():
+    for name in ["llama", "qwen2"]:
+        write_at_load_reference(name)
     # llama-fp8-block: transformers' own FineGrainedFP8Config(weight_block_size=(16, 16)) quantizer,
     # which needs a GPU (made on the H200: from_pretrained("tests/data/llama", quantization_config=...,
     # device_map="cuda").save_pretrained(...)); only its reference is (re)written here.

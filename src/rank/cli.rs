@@ -121,8 +121,10 @@ pub struct EngineArgs {
     /// backend computes in float32.
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "float32", "half", "float"])]
     pub dtype: String,
-    /// The checkpoint's quantization method, checked against its quantization_config
-    /// (vLLM's flag): compressed-tensors. Default: what config.json says.
+    /// Quantization (vLLM's flag): the method of a quantized checkpoint, checked against
+    /// its quantization_config (compressed-tensors, fp8); or fp8 on an unquantized one,
+    /// whose Linear layers are then quantized to FP8 per channel at load. Default: what
+    /// config.json says.
     #[arg(long, global = true)]
     pub quantization: Option<String>,
     /// Worker threads per rank for matrix products (default: CPUs / local ranks).

@@ -134,13 +134,11 @@ fn check_quantization(engine: &EngineArgs, cfg: &ModelConfig) -> Result<(), Rank
         return Ok(());
     };
     match (asked, cfg.quant_method.as_deref()) {
-        ("compressed-tensors", Some("compressed-tensors")) => Ok(()),
+        ("compressed-tensors", Some("compressed-tensors")) | ("fp8", Some("fp8")) => Ok(()),
         (a, Some(m)) => Err(RankError::Invalid(format!(
             "--quantization {a} but the checkpoint's quantization_config says quant_method {m:?}; drop --quantization (rrank reads the method from config.json) or pass --quantization {m}"
         ))),
-        ("fp8", None) => Err(RankError::Invalid(
-            "--quantization fp8 on an unquantized checkpoint (quantizing at load) is not implemented; quantize it with llmcompressor (scheme FP8_DYNAMIC) or serve it unquantized".into(),
-        )),
+        ("fp8", None) => Ok(()),
         (a, None) => Err(RankError::Invalid(format!(
             "--quantization {a}: the checkpoint has no quantization_config; rrank serves compressed-tensors FP8 checkpoints as they are and unquantized ones without the flag"
         ))),
@@ -188,7 +186,7 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
     let t0 = Instant::now();
     let env = RankEnv::from_env()?;
     let dir = model_dir(engine)?;
-    let cfg = ModelConfig::load(&dir)?;
+    let mut cfg = ModelConfig::load(&dir)?;
     let (tp, pp) = (engine.tensor_parallel_size, engine.pipeline_parallel_size);
     cfg.validate_placement(tp, pp, env.world_size)?;
     if engine.block_size == 0 {
@@ -198,6 +196,9 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
     ckpt.validate(&cfg)?;
     super::model::recipe::check_block_cuts(&cfg, tp).map_err(RankError::Invalid)?;
     check_quantization(engine, &cfg)?;
+    if engine.quantization.as_deref() == Some("fp8") && cfg.quant_method.is_none() {
+        cfg.fp8 = Some(super::model::quant::Fp8::at_load());
+    }
     let device = resolve_device(engine, &ckpt)?;
     if let (DeviceKind::Cuda(_), Some(_)) = (device, &cfg.fp8) {
         return Err(RankError::Invalid(

@@ -24,11 +24,11 @@ def generate(args, n=1, env=None, **kw):
     return launch("rrun", cmd, env=env, **kw)
 
 
-def check_against(model, r, tp, pp, tmp_path):
+def check_against(model, r, tp, pp, tmp_path, extra=()):
     """rrank's prompt logits within 1e-4 of the reference `r` and its 32 greedy tokens identical."""
     dump = tmp_path / "dump.json"
     p = generate(["--model", model, "-tp", tp, "-pp", pp, "--prompt-ids", ",".join(map(str, r["prompt_ids"])),
-                  "--max-tokens", 32, "--ignore-eos", "--dump", dump], n=tp * pp)
+                  "--max-tokens", 32, "--ignore-eos", "--dump", dump, *extra], n=tp * pp)
     assert p.returncode == 0, p.stderr
     got = json.loads(dump.read_text())
     assert len(got["prompt_logits"]) == len(r["logits"])
@@ -366,7 +366,17 @@ def test_refuses_a_quantization_flag_the_checkpoint_contradicts(tmp_path):
     refuse(m, ["--quantization", "fp8"], 1,
            '--quantization fp8 but the checkpoint\'s quantization_config says quant_method "compressed-tensors"')
     b = truncated_copy(DATA / "llama", tmp_path / "b")
-    refuse(b, ["--quantization", "fp8"], 1, "--quantization fp8 on an unquantized checkpoint (quantizing at load) is not implemented")
+    refuse(b, ["--quantization", "gptq"], 1, "--quantization gptq: the checkpoint has no quantization_config")
+
+
+# --quantization fp8 on a bf16 checkpoint: every Linear of the layers quantized per channel at load;
+# reference-fp8-at-load.json is transformers on the same quantize-dequantize of the weights.
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)])
+def test_fp8_quantized_at_load_matches_its_reference(tmp_path, arch, tp, pp):
+    r = json.loads((DATA / arch / "reference-fp8-at-load.json").read_text())
+    assert r["logits"] != ref(arch)["logits"]
+    check_against(DATA / arch, r, tp, pp, tmp_path, extra=r["args"])
 
 
 def test_refuses_a_tensor_parallel_size_that_cuts_fp8_blocks(tmp_path):

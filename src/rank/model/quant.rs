@@ -43,9 +43,24 @@ pub struct Fp8 {
     pub activations: Activations,
     /// Linear layers left unquantized (module names, e.g. `lm_head`).
     pub ignore: Vec<String>,
+    /// The checkpoint holds unquantized weights and rrank quantizes them at load
+    /// (`--quantization fp8`): per channel, `scale = max|w| / 448`.
+    pub at_load: bool,
 }
 
 impl Fp8 {
+    /// `--quantization fp8` on an unquantized checkpoint: every Linear of the layers
+    /// quantized at load per channel (the LM head stays unquantized).
+    pub fn at_load() -> Fp8 {
+        Fp8 {
+            weights: ScaleStrategy::Channel,
+            scale_suffix: "",
+            activations: Activations::DynamicToken,
+            ignore: vec!["lm_head".into()],
+            at_load: true,
+        }
+    }
+
     /// Whether the Linear module `name` (e.g. `model.layers.0.mlp.down_proj`) holds FP8 weights.
     pub fn covers(&self, name: &str) -> bool {
         !self.ignore.iter().any(|i| i == name)
@@ -172,6 +187,7 @@ pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, Validat
         scale_suffix: "weight_scale",
         activations,
         ignore,
+        at_load: false,
     })
 }
 
@@ -245,6 +261,7 @@ pub fn parse_transformers_fp8(q: &Value, layers: usize) -> Result<Fp8, Validatio
         scale_suffix: "weight_scale_inv",
         activations: Activations::DynamicToken,
         ignore,
+        at_load: false,
     })
 }
 
@@ -276,6 +293,44 @@ fn linear_exists(name: &str, layers: usize) -> bool {
 pub fn e4m3_table() -> &'static [f32; 256] {
     static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| std::array::from_fn(|b| e4m3_to_f32(b as u8)))
+}
+
+/// The largest finite e4m3 value.
+pub const E4M3_MAX: f32 = 448.0;
+
+/// `x` rounded to the nearest e4m3 value, ties to the even code, as torch's
+/// `.to(torch.float8_e4m3fn)` rounds (|x| ≤ 448 + half a step; beyond that NaN).
+pub fn f32_to_e4m3(x: f32) -> u8 {
+    if x.is_nan() {
+        return 0x7f;
+    }
+    let table = e4m3_table();
+    let a = x.abs();
+    let sign = if x.is_sign_negative() { 0x80 } else { 0 };
+    // Codes 0x00..=0x7e are the finite non-negative values, increasing.
+    let hi = (0u8..=0x7e).find(|&c| table[c as usize] >= a);
+    let code = match hi {
+        None if a < E4M3_MAX + 16.0 => 0x7e,
+        None => return 0x7f,
+        Some(0) => 0,
+        Some(c) => {
+            let (lo_v, hi_v) = (table[c as usize - 1], table[c as usize]);
+            let (dl, dh) = (a - lo_v, hi_v - a);
+            if dl < dh || (dl == dh && (c - 1) % 2 == 0) {
+                c - 1
+            } else {
+                c
+            }
+        }
+    };
+    sign | code
+}
+
+/// The per-channel scale of a weight row as vLLM's online FP8 takes it:
+/// `max|w| / 448` (1 for a row of zeros); the row is then stored as `e4m3(w / scale)`.
+pub fn channel_scale(row: &[f32]) -> f32 {
+    let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax > 0.0 { amax / E4M3_MAX } else { 1.0 }
 }
 
 /// An e4m3 (`float8_e4m3fn`) byte as f32: 1 sign, 4 exponent (bias 7), 3 mantissa
@@ -408,5 +463,25 @@ mod tests {
             assert_eq!(e4m3_to_f32(b), want, "{b:#x}");
         }
         assert!(e4m3_to_f32(0x7f).is_nan());
+    }
+
+    #[test]
+    fn rounding_to_e4m3_is_nearest_with_ties_to_even() {
+        for c in 0u8..=0x7e {
+            let v = e4m3_to_f32(c);
+            assert_eq!(f32_to_e4m3(v), c, "{v} is exact");
+            assert_eq!(f32_to_e4m3(-v) & 0x7f, c);
+        }
+        // torch: tensor([1.0625, 1.1875, 0.3, 447.0, 460.0]).to(float8_e4m3fn)
+        // → 1.0 (tie to even), 1.25 (tie to even), 0.3125, 448, 448.
+        assert_eq!(e4m3_to_f32(f32_to_e4m3(1.0625)), 1.0);
+        assert_eq!(e4m3_to_f32(f32_to_e4m3(1.1875)), 1.25);
+        assert_eq!(e4m3_to_f32(f32_to_e4m3(0.3)), 0.3125);
+        assert_eq!(e4m3_to_f32(f32_to_e4m3(447.0)), 448.0);
+        assert_eq!(e4m3_to_f32(f32_to_e4m3(460.0)), 448.0);
+        let s = channel_scale(&[0.5, -2.0, 1.0]);
+        assert_eq!(s, 2.0 / 448.0);
+        assert_eq!(e4m3_to_f32(f32_to_e4m3(-2.0 / s)), -448.0);
+        assert_eq!(channel_scale(&[0.0; 4]), 1.0);
     }
 }

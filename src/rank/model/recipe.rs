@@ -268,7 +268,7 @@ fn wants(cfg: &ModelConfig, name: String, shape: Vec<usize>, kind: Kind) -> Vec<
     let module = name
         .strip_suffix(".weight")
         .filter(|_| kind == Kind::Matrix);
-    let Some(fp8) = module.and_then(|m| fp8_of(cfg, m)) else {
+    let Some(fp8) = module.and_then(|m| fp8_of(cfg, m)).filter(|f| !f.at_load) else {
         return vec![Want {
             name,
             shape,
@@ -363,6 +363,8 @@ pub struct Tensor {
     pub kind: Kind,
     /// For FP8 weights, the scales of each weight piece. Empty for unquantized weights.
     pub scales: Vec<ScalePiece>,
+    /// Stored unquantized, quantized to FP8 per channel at load (`--quantization fp8`).
+    pub quantize_at_load: bool,
 }
 
 impl Tensor {
@@ -470,7 +472,7 @@ fn scale_piece(
         .name
         .strip_suffix(".weight")
         .filter(|_| kind == Kind::Matrix)?;
-    let fp8 = fp8_of(cfg, module)?;
+    let fp8 = fp8_of(cfg, module).filter(|f| !f.at_load)?;
     let (cut, block) = match (fp8.weights, p.cut) {
         (ScaleStrategy::Channel, Cut::Rows(a, b)) => (Cut::Rows(a, b), (1, cols)),
         (ScaleStrategy::Channel, _) => (Cut::All, (1, cols)),
@@ -586,6 +588,10 @@ pub fn for_rank(
                     cols,
                     kind: r.role.kind(),
                     scales: vec![],
+                    quantize_at_load: r.role.kind() == Kind::Matrix
+                        && r.name.strip_suffix(".weight").is_some_and(|m| {
+                            fp8_of(cfg, &format!("model.layers.{l}.{m}")).is_some_and(|f| f.at_load)
+                        }),
                 });
                 debug_assert_eq!(t.cols, cols, "{:?} stacks tensors of one width", r.role);
                 if let Some(sc) = scale_piece(cfg, &p, (rows, cols), t.kind) {
@@ -613,6 +619,7 @@ pub fn for_rank(
             rows: rows.max(pad_to),
             cols,
             kind,
+            quantize_at_load: false,
         }
     };
     let last = place.last_stage();
@@ -627,6 +634,7 @@ pub fn for_rank(
                 cols,
                 kind: Kind::Vector,
                 scales: vec![],
+                quantize_at_load: false,
             }
         }),
         lm_head: last.then(|| {

@@ -21,7 +21,8 @@ use crate::rank::dist::{Comm, Placement};
 use crate::rank::kv::KvCache;
 use crate::rank::model::checkpoint::{Weights, to_f32};
 use crate::rank::model::config::ModelConfig;
-use crate::rank::model::recipe::{self, Kind, RankWeights, Role, Tensor};
+use crate::rank::model::quant::{channel_scale, f32_to_e4m3};
+use crate::rank::model::recipe::{self, Cut, Kind, Piece, RankWeights, Role, Tensor};
 use crate::rank::model::rope::inv_freq;
 use crate::rank::model::shard::{Shard, vocab_range};
 use crate::rank::sampling::DrawReq;
@@ -73,6 +74,9 @@ fn read(w: &Weights<'_>, t: &Tensor) -> Mat {
             block,
         };
     }
+    if t.quantize_at_load {
+        return quantize_at_load(w, t);
+    }
     if t.kind == Kind::Matrix && parts.iter().all(|(d, _)| *d == "BF16") {
         let mut v: Vec<u16> = Vec::with_capacity(t.elems());
         for (_, b) in &parts {
@@ -87,6 +91,50 @@ fn read(w: &Weights<'_>, t: &Tensor) -> Mat {
     }
     v.resize(t.elems(), 0.0);
     Mat::F32(v)
+}
+
+/// An unquantized weight quantized to FP8 per output channel (`--quantization fp8`):
+/// each row's scale comes from the whole checkpoint row, also where this rank holds only
+/// some of its columns (row-parallel o and down), so every placement quantizes alike.
+fn quantize_at_load(w: &Weights<'_>, t: &Tensor) -> Mat {
+    let mut bits = Vec::with_capacity(t.elems());
+    let mut scale = Vec::with_capacity(t.rows);
+    for p in &t.pieces {
+        let (d, b) = w.read(p);
+        let mut local = Vec::new();
+        to_f32(d, &b, &mut local);
+        let full = match p.cut {
+            Cut::Cols(..) => {
+                let (d, b) = w.read(&Piece {
+                    name: p.name.clone(),
+                    cut: Cut::All,
+                });
+                let mut v = Vec::new();
+                to_f32(d, &b, &mut v);
+                v
+            }
+            _ => local.clone(),
+        };
+        let rows = local.len() / t.cols;
+        let full_cols = full.len() / rows.max(1);
+        for r in 0..rows {
+            let s = channel_scale(&full[r * full_cols..(r + 1) * full_cols]);
+            bits.extend(
+                local[r * t.cols..(r + 1) * t.cols]
+                    .iter()
+                    .map(|v| f32_to_e4m3(v / s)),
+            );
+            scale.push(s);
+        }
+    }
+    bits.resize(t.elems(), 0);
+    scale.resize(t.rows, 0.0);
+    Mat::Fp8 {
+        bits,
+        scale,
+        scale_cols: 1,
+        block: t.cols,
+    }
 }
 
 /// Columns `[c0, c0 + n)` of every row of `x` (rows `width` wide).
