@@ -61,24 +61,31 @@ def dequantized_state(d):
     return out
 
 
-def write_reference(src, dst, note):
-    """reference.json of checkpoint `dst` (the dequantized model in float32) on `src`'s prompt."""
+def run_reference(src, state):
+    """`src`'s model in float32 with `state` as its weights, on `src`'s reference prompt: logits
+    at every prompt position (rounded to 6 places) and 32 greedy tokens."""
     base = json.loads((src / "reference.json").read_text())
     cfg = AutoConfig.from_pretrained(src)
     cfg.dtype = torch.float32
-    ref_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    missing, unexpected = ref_model.load_state_dict(dequantized_state(dst), strict=False)
+    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = m.load_state_dict(state, strict=False)
     assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
-    ref_model.tie_weights()
-    ref_model.eval()
+    m.tie_weights()
+    m.eval()
     ids = torch.tensor([base["prompt_ids"]])
     with torch.no_grad():
-        logits = ref_model(ids).logits[0].float()
-        greedy = ref_model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                                    eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+        logits = m(ids).logits[0].float()
+        greedy = m.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    return base, [[round(x, 6) for x in row] for row in logits.tolist()], greedy
+
+
+def write_reference(src, dst, note):
+    """reference.json of checkpoint `dst` (the dequantized model in float32) on `src`'s prompt."""
+    base, logits, greedy = run_reference(src, dequantized_state(dst))
     (dst / "reference.json").write_text(json.dumps({
         "prompt": base.get("prompt"), "prompt_ids": base["prompt_ids"], "scheme": note,
-        "logits": [[round(x, 6) for x in row] for row in logits.tolist()], "greedy": greedy}))
+        "logits": logits, "greedy": greedy}))
     print(f"{dst}: {note}, greedy {greedy[:8]}...")
 
 
@@ -101,21 +108,9 @@ def quantized_at_load(src):
 
 def write_at_load_reference(name):
     src = DATA / name
-    base = json.loads((src / "reference.json").read_text())
-    cfg = AutoConfig.from_pretrained(src)
-    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    missing, unexpected = m.load_state_dict(quantized_at_load(src), strict=False)
-    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
-    m.tie_weights()
-    m.eval()
-    ids = torch.tensor([base["prompt_ids"]])
-    with torch.no_grad():
-        logits = m(ids).logits[0].float()
-        greedy = m.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                            eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    base, logits, greedy = run_reference(src, quantized_at_load(src))
     (src / "reference-fp8-at-load.json").write_text(json.dumps({
-        "prompt_ids": base["prompt_ids"], "args": ["--quantization", "fp8"],
-        "logits": [[round(x, 6) for x in row] for row in logits.tolist()], "greedy": greedy}))
+        "prompt_ids": base["prompt_ids"], "args": ["--quantization", "fp8"], "logits": logits, "greedy": greedy}))
     print(f"{src}/reference-fp8-at-load.json: greedy {greedy[:8]}...")
 
 

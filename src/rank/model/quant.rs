@@ -6,7 +6,11 @@
 
 use serde_json::Value;
 
-use super::config::ValidationError;
+/// Why a `quantization_config` is refused: one line naming the construct and what is
+/// implemented.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct QuantRefusal(pub String);
 
 /// How an FP8 weight's scales are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,15 +71,15 @@ impl Fp8 {
     }
 }
 
-fn refuse(what: impl std::fmt::Display) -> ValidationError {
-    ValidationError(format!(
+fn refuse(what: impl std::fmt::Display) -> QuantRefusal {
+    QuantRefusal(format!(
         "quantization_config: {what}; rrank serves compressed-tensors float-quantized FP8 (weights e4m3, per-channel or per-tensor scales; activations dynamic per token or static per tensor) and unquantized checkpoints"
     ))
 }
 
 /// The FP8 scheme of a compressed-tensors `quantization_config`, or why it is refused.
 /// `layers`: the model's number of decoder layers, to check the ignore list against.
-pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, ValidationError> {
+pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, QuantRefusal> {
     let format = q.get("format").and_then(Value::as_str).unwrap_or("");
     if format != "float-quantized" {
         return Err(refuse(format!("format {format:?} is not implemented")));
@@ -165,23 +169,11 @@ pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, Validat
             "{gname}.output_activations is not implemented"
         )));
     }
-    let ignore: Vec<String> = q
-        .get("ignore")
-        .and_then(Value::as_array)
-        .map(|t| {
-            t.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
-    for name in &ignore {
-        if !linear_exists(name, layers) {
-            return Err(refuse(format!(
-                "ignore names {name:?}, which is not a Linear layer of this model (lm_head, or model.layers.N.self_attn.{{q,k,v,o}}_proj / model.layers.N.mlp.{{gate,up,down}}_proj with N < {layers}; \"re:\" patterns are not implemented)"
-            )));
-        }
-    }
+    let ignore = module_list(q, "ignore", layers).map_err(|name| {
+        refuse(format!(
+            "ignore names {name:?}, which is not a Linear layer of this model (lm_head, or model.layers.N.self_attn.{{q,k,v,o}}_proj / model.layers.N.mlp.{{gate,up,down}}_proj with N < {layers}; \"re:\" patterns are not implemented)"
+        ))
+    })?;
     Ok(Fp8 {
         weights,
         scale_suffix: "weight_scale",
@@ -194,9 +186,9 @@ pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, Validat
 /// The FP8 scheme of transformers' fine-grained `fp8` `quantization_config` (the format of
 /// DeepSeek and Qwen3 FP8 checkpoints: 128×128 blocks of `weight_scale_inv`), or why it
 /// is refused. The output embedding stays unquantized, as transformers keeps it.
-pub fn parse_transformers_fp8(q: &Value, layers: usize) -> Result<Fp8, ValidationError> {
+pub fn parse_transformers_fp8(q: &Value, layers: usize) -> Result<Fp8, QuantRefusal> {
     let refuse = |what: String| {
-        ValidationError(format!(
+        QuantRefusal(format!(
             "quantization_config (quant_method \"fp8\"): {what}; rrank serves transformers' fp8 with weight_block_size, dynamic activations and float scales"
         ))
     };
@@ -238,23 +230,11 @@ pub fn parse_transformers_fp8(q: &Value, layers: usize) -> Result<Fp8, Validatio
             )));
         }
     };
-    let mut ignore: Vec<String> = q
-        .get("modules_to_not_convert")
-        .and_then(Value::as_array)
-        .map(|t| {
-            t.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
-    for name in &ignore {
-        if !linear_exists(name, layers) {
-            return Err(refuse(format!(
-                "modules_to_not_convert names {name:?}, which is not a Linear layer of this model"
-            )));
-        }
-    }
+    let mut ignore = module_list(q, "modules_to_not_convert", layers).map_err(|name| {
+        refuse(format!(
+            "modules_to_not_convert names {name:?}, which is not a Linear layer of this model"
+        ))
+    })?;
     ignore.push("lm_head".into());
     Ok(Fp8 {
         weights,
@@ -263,6 +243,25 @@ pub fn parse_transformers_fp8(q: &Value, layers: usize) -> Result<Fp8, Validatio
         ignore,
         at_load: false,
     })
+}
+
+/// The module names listed under `key`, or the first that is not one of the model's
+/// Linear modules.
+fn module_list(q: &Value, key: &str, layers: usize) -> Result<Vec<String>, String> {
+    let names: Vec<String> = q
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    match names.iter().find(|n| !linear_exists(n, layers)) {
+        Some(bad) => Err(bad.clone()),
+        None => Ok(names),
+    }
 }
 
 /// Whether `name` is one of the model's Linear modules.

@@ -51,23 +51,42 @@ impl Mat {
         }
     }
 
+    /// Rows of an FP8 matrix (one scale row each).
+    fn fp8_rows(&self) -> Option<usize> {
+        match self {
+            Mat::Fp8 {
+                scale, scale_cols, ..
+            } => Some(scale.len() / (*scale_cols).max(1)),
+            _ => None,
+        }
+    }
+
+    /// Row `r` (`cols` wide) of an FP8 matrix, dequantized.
+    fn fp8_row_values(&self, r: usize, cols: usize) -> impl Iterator<Item = f32> + '_ {
+        let Mat::Fp8 {
+            bits,
+            scale,
+            scale_cols,
+            block,
+        } = self
+        else {
+            unreachable!("called on FP8 matrices only")
+        };
+        let s = &scale[r * scale_cols..(r + 1) * scale_cols];
+        fp8_row(&bits[r * cols..(r + 1) * cols], s, *block)
+    }
+
     /// The whole matrix as f32.
     pub fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
         match self {
             Mat::F32(v) => std::borrow::Cow::Borrowed(v),
             Mat::Bf16(v) => std::borrow::Cow::Owned(v.iter().map(|b| bf16(*b)).collect()),
-            Mat::Fp8 {
-                bits,
-                scale,
-                scale_cols,
-                block,
-            } => {
-                let rows = scale.len() / scale_cols.max(&1);
+            Mat::Fp8 { bits, .. } => {
+                let rows = self.fp8_rows().unwrap_or(0);
                 let cols = bits.len() / rows.max(1);
                 let mut out = Vec::with_capacity(bits.len());
                 for r in 0..rows {
-                    let s = &scale[r * scale_cols..(r + 1) * scale_cols];
-                    out.extend(fp8_row(&bits[r * cols..(r + 1) * cols], s, *block));
+                    out.extend(self.fp8_row_values(r, cols));
                 }
                 std::borrow::Cow::Owned(out)
             }
@@ -123,15 +142,9 @@ fn weight_row<'a>(w: &'a Mat, o: usize, in_f: usize, wide: &'a mut Vec<f32>) -> 
             wide.extend(v[o * in_f..(o + 1) * in_f].iter().map(|b| bf16(*b)));
             wide
         }
-        Mat::Fp8 {
-            bits,
-            scale,
-            scale_cols,
-            block,
-        } => {
+        Mat::Fp8 { .. } => {
             wide.clear();
-            let s = &scale[o * scale_cols..(o + 1) * scale_cols];
-            wide.extend(fp8_row(&bits[o * in_f..(o + 1) * in_f], s, *block));
+            wide.extend(w.fp8_row_values(o, in_f));
             wide
         }
     }
