@@ -17,6 +17,7 @@ use super::dist::{Comm, Placement, RankEnv, Solo};
 use super::error::RankError;
 use super::model::checkpoint::Checkpoint;
 use super::model::config::ModelConfig;
+use super::model::quant::Activations;
 use super::tokenizer::TextCodec;
 use crate::console::thousands;
 use crate::store::{Client, StoreServer};
@@ -204,6 +205,25 @@ pub fn prepare(engine: &EngineArgs, need_tokenizer: bool) -> Result<Startup, Ran
         return Err(RankError::Invalid(
             "this FP8 checkpoint runs on the CPU backend only so far; use --device cpu, or an unquantized checkpoint on the GPU".into(),
         ));
+    }
+    if let Some(f) = cfg.fp8.as_ref().filter(|_| env.rank == 0) {
+        let acts = match f.activations {
+            Activations::None => "",
+            Activations::DynamicToken => {
+                ", so the checkpoint's per-token activation quantization is not applied"
+            }
+            Activations::StaticTensor => {
+                ", so the checkpoint's static input scales (checked) are not applied"
+            }
+        };
+        crate::eline!(
+            "rrank: FP8 weights{} are dequantized inside the CPU kernels; activations stay f32 (the dequantized model's math){acts}",
+            if f.at_load {
+                " (quantized at load, per channel)"
+            } else {
+                ""
+            }
+        );
     }
     let gpu = match device {
         DeviceKind::Cpu => None,

@@ -89,13 +89,25 @@ pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, QuantRe
             "kv_cache_scheme {kv} (an FP8 KV cache) is not implemented"
         )));
     }
-    if q.get("sparsity_config")
-        .and_then(Value::as_object)
-        .is_some_and(|s| !s.is_empty())
+    for (key, what) in [
+        ("sparsity_config", "sparse weights"),
+        ("transform_config", "rotations applied to the weights"),
+    ] {
+        if q.get(key)
+            .and_then(Value::as_object)
+            .is_some_and(|s| !s.is_empty())
+        {
+            return Err(refuse(format!("{key} ({what}) is not implemented")));
+        }
+    }
+    if let Some(status) = q
+        .get("quantization_status")
+        .and_then(Value::as_str)
+        .filter(|s| *s != "compressed")
     {
-        return Err(refuse(
-            "sparsity_config (sparse weights) is not implemented",
-        ));
+        return Err(refuse(format!(
+            "quantization_status {status:?} is not implemented (saved compressed is)"
+        )));
     }
     let groups = q
         .get("config_groups")
@@ -109,6 +121,13 @@ pub fn parse_compressed_tensors(q: &Value, layers: usize) -> Result<Fp8, QuantRe
         )));
     }
     let (gname, g) = groups.iter().next().expect("one group");
+    if let Some(f) = g
+        .get("format")
+        .and_then(Value::as_str)
+        .filter(|f| *f != "float-quantized")
+    {
+        return Err(refuse(format!("{gname}.format {f:?} is not implemented")));
+    }
     let targets: Vec<&str> = g
         .get("targets")
         .and_then(Value::as_array)
@@ -355,7 +374,7 @@ mod tests {
 
     fn llmcompressor_fp8_dynamic() -> Value {
         json!({"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
-               "kv_cache_scheme": null, "sparsity_config": {}, "config_groups": {"group_0": {
+               "kv_cache_scheme": null, "sparsity_config": {}, "transform_config": {}, "quantization_status": "compressed", "config_groups": {"group_0": {
                  "targets": ["Linear"], "format": "float-quantized", "output_activations": null,
                  "weights": {"num_bits": 8, "type": "float", "symmetric": true, "dynamic": false, "strategy": "channel"},
                  "input_activations": {"num_bits": 8, "type": "float", "symmetric": true, "dynamic": true, "strategy": "token"}}}})
@@ -377,7 +396,7 @@ mod tests {
 
     #[test]
     fn schemes_it_does_not_implement_are_named() {
-        let cases: [(&str, Value, &str); 6] = [
+        let cases: [(&str, Value, &str); 8] = [
             (
                 "/config_groups/group_0/weights/strategy",
                 json!("block"),
@@ -407,6 +426,16 @@ mod tests {
                 "/ignore",
                 json!(["model.layers.9.mlp.up_proj"]),
                 "not a Linear layer of this model",
+            ),
+            (
+                "/transform_config",
+                json!({"config_groups": {}}),
+                "transform_config (rotations",
+            ),
+            (
+                "/quantization_status",
+                json!("frozen"),
+                "quantization_status \"frozen\"",
             ),
         ];
         for (path, value, want) in cases {
